@@ -1,0 +1,14 @@
+"""Train, validate, test or predict with litpoly's LightningCLI.
+
+Examples::
+
+    python scripts/train.py fit                                  # the seed's cubic, SGD, 2400 steps
+    python scripts/train.py fit --config configs/rmsprop.yaml    # the seed's nn + RMSprop cell
+    python scripts/train.py test --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
+    python scripts/train.py fit --help                           # every setting, with its default
+"""
+
+from litpoly.cli import cli_main
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,88 @@
+"""Callbacks that give a run the seed notebook's console output and write predictions to the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse.typing import PositiveInt
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+from tqdm import tqdm
+
+from litpoly.model import PolynomialRegressor, format_polynomial
+
+
+@rank_zero_only
+def say(message: object) -> None:
+    """Print one line to stdout from rank 0, above any live tqdm progress bar instead of through it.
+
+    Not ``LightningModule.print``: Lightning drops that line when no bar is active (e.g. at fit start).
+    """
+    tqdm.write(str(message))
+
+
+class SeedReport(L.Callback):
+    """Prints what the seed notebook printed, plus the run folder so the user knows where to look.
+
+    That is ``step loss`` every ``every_n_steps`` and, at the end, ``Result: y = a + b x + c x^2 + d x^3``.
+
+    The lines scroll above the progress bar instead of breaking it. Reading the loss costs one device
+    sync per report, not one per step.
+
+    Args:
+        every_n_steps: Print the training loss after every this many optimizer steps (the seed: 100).
+            The printed step is 0-based like the seed's ``t``, so the first line is ``99 <loss>``.
+    """
+
+    def __init__(self, every_n_steps: PositiveInt = 100) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.log_dir is not None and trainer.loggers:
+            say(f"Run folder: {trainer.log_dir}")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # `global_step` has already counted this step; the seed prints the loss *before* the update at t.
+        if trainer.global_step % self.every_n_steps == 0 and isinstance(outputs, dict):
+            say(f"{trainer.global_step - 1} {outputs['loss'].item()}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, PolynomialRegressor):
+            say(f"Result: {format_polynomial(list(pl_module.coefficient_dict().values()))}")
+
+
+class PredictionCSVWriter(BasePredictionWriter):
+    """Writes ``predict``'s output as ``predictions.csv`` (columns ``x,target,prediction``) into the run folder.
+
+    Args:
+        filename: Name of the CSV file inside the run folder.
+    """
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Any,
+        batch_indices: Any,
+    ) -> None:
+        if not trainer.is_global_zero:
+            return
+        columns = ("x", "target", "prediction")
+        table = torch.stack(
+            [torch.cat([batch[c].detach().double().cpu() for batch in predictions]) for c in columns], dim=1
+        )
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.filename
+        np.savetxt(path, table.numpy(), delimiter=",", header=",".join(columns), comments="", fmt="%.17g")
+        say(f"Predictions for {table.shape[0]} points written to {path}")

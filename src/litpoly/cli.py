@@ -1,0 +1,116 @@
+"""The command line: a LightningCLI over :class:`PolynomialRegressor` and :class:`SineDataModule`.
+
+Run ``python scripts/train.py fit`` to train the seed's cubic with SGD, then ``validate``, ``test``
+or ``predict`` with ``--ckpt_path``. Every ``__init__`` argument of the model and the data module
+is a flag and a YAML key (``--model.optimizer rmsprop``, ``--data.num_samples 500``); the Trainer's
+own flags (``--trainer.accelerator gpu``, ``--trainer.devices 2``, ``--trainer.precision 64-true``)
+pick the hardware. ``--help`` on any subcommand lists everything with its default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from argparse import ArgumentError
+from typing import Any, NoReturn
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from litpoly.callbacks import PredictionCSVWriter, SeedReport
+from litpoly.data import SineDataModule
+from litpoly.model import PolynomialRegressor
+
+#: The seed's run: 2400 full-batch optimizer steps in one epoch, validated every 100 steps.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_steps": 2400,
+    "val_check_interval": 100,
+    # Count validation in optimizer steps across the one long epoch, not per epoch.
+    "check_val_every_n_epoch": None,
+    # Lightning writes step metrics only every `log_every_n_steps`; 50 gives 48 points per curve.
+    "log_every_n_steps": 50,
+}
+
+DEFAULT_SEED = 1234
+
+
+def quiet_irrelevant_messages() -> None:
+    """Silence Lightning messages that say nothing about a litpoly run, so the ones that do stand out."""
+    for message in (
+        # Lightning 2.6 calls a torch API that torch 2.9+ deprecates; nothing a user can act on.
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        # validate/test/predict restore a checkpoint's callback state into a new run folder; nothing is saved there.
+        r"The dirpath has changed from",
+        # Our loaders are plain iterables; the prediction writer does not use batch indices.
+        r"Couldn't infer the batch indices",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    # Advertising for cloud services, printed on every run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡 Tip")
+    )
+
+
+def fail(message: str) -> NoReturn:
+    """Report a user error on one line of stderr and exit with status 2, like argparse does."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class LitPolyCLI(LightningCLI):
+    """LightningCLI with litpoly's defaults, cross-setting checks and one-line errors."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(SeedReport, "console")
+
+    def before_instantiate_classes(self) -> None:
+        """Check what depends on several settings, before anything is built or written."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        degree, num_samples = config.model.degree, config.data.num_samples
+        if num_samples < degree + 1:
+            fail(
+                f"Expected `data.num_samples` >= `model.degree` + 1 = {degree + 1} (a degree-{degree} polynomial "
+                f"needs that many points), got {num_samples}"
+            )
+        if self.subcommand == "fit" and (config.trainer.max_steps is None or config.trainer.max_steps <= 0):
+            fail(f"Expected `trainer.max_steps` to be a positive integer, got {config.trainer.max_steps}")
+
+    def instantiate_classes(self) -> None:
+        # The classes check their own arguments (ValueError), and the Trainer its flags
+        # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
+        # errors: one line, not a traceback. Nothing has been written yet at this point.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            fail(str(error))
+        except MisconfigurationException as error:
+            fail(f"invalid Trainer setting: {error}")
+
+
+def cli_main(args: list[str] | None = None) -> LitPolyCLI:
+    """Run the litpoly command line; ``args`` replaces ``sys.argv[1:]`` (handy in tests).
+
+    Bad settings end with one line on stderr naming the setting and exit status 2, before any run
+    folder is created.
+    """
+    quiet_irrelevant_messages()
+    try:
+        return LitPolyCLI(
+            PolynomialRegressor,
+            SineDataModule,
+            seed_everything_default=DEFAULT_SEED,
+            trainer_defaults={
+                **TRAINER_DEFAULTS,
+                "callbacks": [ModelCheckpoint(save_last=True), PredictionCSVWriter()],
+            },
+            # Raise parse errors instead of printing usage text: `fail` turns them into one line.
+            parser_kwargs={"exit_on_error": False},
+            # The model owns its optimizer choice (`--model.optimizer`); LightningCLI's own `--optimizer`
+            # would silently override it, so it is switched off.
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    except ArgumentError as error:
+        fail(str(error))

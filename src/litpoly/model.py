@@ -1,0 +1,154 @@
+"""The model: a polynomial ``y = a + b·x + c·x² + d·x³`` (any degree) fitted by SGD or RMSprop."""
+
+from __future__ import annotations
+
+import math
+import string
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
+
+from litpoly.data import Batch
+
+Optimizer = Literal["sgd", "rmsprop"]
+
+#: Default learning rate per optimizer, as in the seed. SGD's is tiny because the loss is a *sum* of
+#: squared errors over 2000 points: its gradient is ~2000x that of a mean, and SGD is stable only
+#: for lr < 2/λmax(2XᵀX) ≈ 3.56e-6 on the default data. RMSprop normalises the step, so 1e-3 works.
+DEFAULT_LR: dict[str, float] = {"sgd": 1e-6, "rmsprop": 1e-3}
+
+
+def coefficient_names(degree: int) -> list[str]:
+    """Names of the coefficients, lowest power first: ``a, b, c, d`` for a cubic (``w0, w1, …`` past 25).
+
+    Example:
+        >>> coefficient_names(3)
+        ['a', 'b', 'c', 'd']
+    """
+    if degree < len(string.ascii_lowercase):
+        return list(string.ascii_lowercase[: degree + 1])
+    return [f"w{k}" for k in range(degree + 1)]
+
+
+def format_polynomial(coefficients: list[float]) -> str:
+    """The seed's result line: ``y = a + b x + c x^2 + d x^3`` with the numbers filled in.
+
+    Example:
+        >>> format_polynomial([0.5, -1.0, 2.0])
+        'y = 0.5 + -1.0 x + 2.0 x^2'
+    """
+    terms = [f"{c}" if k == 0 else f"{c} x" if k == 1 else f"{c} x^{k}" for k, c in enumerate(coefficients)]
+    return "y = " + " + ".join(terms)
+
+
+class PolynomialRegressor(L.LightningModule):
+    """Fits ``y = Σ_k w_k x^k`` by minimising the sum of squared errors, as in the seed notebook.
+
+    The model takes raw ``x`` and builds the powers itself, so ``model(x)`` is the fitted curve.
+
+    Args:
+        optimizer: ``sgd`` or ``rmsprop``.
+        lr: Learning rate. Default: 1e-6 for SGD, 1e-3 for RMSprop (the seed's values; SGD's is small
+            because the loss is a sum over all points).
+        degree: Degree of the polynomial (3: a cubic with coefficients a, b, c, d).
+        init_coefficients: Starting coefficients ``[a, b, c, d, …]``, lowest power first, ``degree + 1``
+            of them. Default: standard-normal draws under the run's seed.
+
+    Example:
+        >>> model = PolynomialRegressor(init_coefficients=[1.0, 0.0, 0.0, 2.0])
+        >>> model(torch.tensor([0.0, 1.0, 2.0])).tolist()
+        [1.0, 3.0, 17.0]
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer = "sgd",
+        lr: float | None = None,
+        degree: NonNegativeInt = 3,
+        init_coefficients: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in DEFAULT_LR:
+            raise ValueError(f"Expected `model.optimizer` to be one of {sorted(DEFAULT_LR)}, got {optimizer!r}")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            # A plain float checked here, not PositiveFloat: jsonargparse's message for `Optional[PositiveFloat]`
+            # is a multi-line dump of union subtypes; this one names the setting and what is allowed.
+            raise ValueError(f"Expected `model.lr` to be a positive finite number (or null for the default), got {lr}")
+        if degree < 0:
+            raise ValueError(f"Expected `model.degree` to be >= 0, got {degree}")
+        if init_coefficients is None:
+            # Drawn under the global RNG, which LightningCLI seeds (`seed_everything`) before building the model.
+            start = torch.randn(degree + 1)
+        else:
+            if len(init_coefficients) != degree + 1 or not all(math.isfinite(c) for c in init_coefficients):
+                names = ", ".join(coefficient_names(degree))
+                raise ValueError(
+                    f"Expected `model.init_coefficients` to be {degree + 1} finite numbers ({names}) for degree "
+                    f"{degree}, got {init_coefficients}"
+                )
+            start = torch.tensor(init_coefficients, dtype=torch.float32)
+        self.save_hyperparameters()
+        self.optimizer_name = optimizer
+        self.lr = DEFAULT_LR[optimizer] if lr is None else lr
+        self.degree = degree
+        self.coefficients = nn.Parameter(start.clone())
+        # Kept in every checkpoint so any run can be replayed by the numpy reference from the same start.
+        self.register_buffer("initial_coefficients", start.clone())
+        metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score()})
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Evaluate the polynomial at ``x`` (any shape)."""
+        # Powers are built without grad (x needs none); the matmul's backward is then just Vᵀ·g.
+        powers = torch.linalg.vander(x, N=self.degree + 1)
+        return torch.matmul(powers, self.coefficients)
+
+    def coefficient_dict(self) -> dict[str, float]:
+        """The current coefficients by name (``{'a': …, 'b': …}``), as Python floats."""
+        return dict(zip(coefficient_names(self.degree), self.coefficients.detach().cpu().tolist(), strict=True))
+
+    def _shared_step(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch
+        y_hat = self(x)
+        # The seed's loss: the SUM of squared errors (not the mean), which is why SGD's lr is 1e-6.
+        return F.mse_loss(y_hat, y, reduction="sum"), y_hat, y
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, _, _ = self._shared_step(batch)
+        # `self.log` costs ~1 ms a call here, more than a whole raw step, and Lightning only writes
+        # step metrics every `log_every_n_steps` anyway. So log exactly on those steps and skip the
+        # bookkeeping on the others: the TensorBoard curves are the same, the step is cheaper.
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at runtime by Lightning
+        if every > 0 and (self.global_step + 1) % every == 0:
+            self.log("train/loss", loss, prog_bar=True)
+            names = coefficient_names(self.degree)
+            self.log_dict({f"coef/{k}": v for k, v in zip(names, self.coefficients, strict=True)})
+        return loss
+
+    def _eval_step(self, batch: Batch, metrics: MetricCollection, stage: str) -> None:
+        loss, y_hat, y = self._shared_step(batch)
+        metrics.update(y_hat, y)
+        # reduce_fx="sum": with several batches (or ranks) the logged value is still the total.
+        self.log(f"{stage}/sse", loss, reduce_fx="sum", batch_size=y.shape[0])
+        self.log_dict(metrics)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        return {"x": x, "target": y, "prediction": self(x)}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name == "rmsprop":
+            return torch.optim.RMSprop(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
