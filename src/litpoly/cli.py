@@ -16,12 +16,14 @@ from argparse import ArgumentError
 from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from litpoly.callbacks import PredictionCSVWriter, SeedReport
 from litpoly.data import SineDataModule
 from litpoly.model import PolynomialRegressor
+from litpoly.parity import ParityCheck
 
 #: The seed's run: 2400 full-batch optimizer steps in one epoch, validated every 100 steps.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -64,6 +66,7 @@ class LitPolyCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(SeedReport, "console")
+        parser.add_lightning_class_args(ParityCheck, "parity")
 
     def before_instantiate_classes(self) -> None:
         """Check what depends on several settings, before anything is built or written."""
@@ -76,6 +79,20 @@ class LitPolyCLI(LightningCLI):
             )
         if self.subcommand == "fit" and (config.trainer.max_steps is None or config.trainer.max_steps <= 0):
             fail(f"Expected `trainer.max_steps` to be a positive integer, got {config.trainer.max_steps}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, plus a ``ModelCheckpoint(save_last=True)`` so every run has ``checkpoints/last.ckpt``.
+
+        Added here rather than in ``trainer_defaults`` (which always applies) so that
+        ``--trainer.enable_checkpointing false`` and a user's own ModelCheckpoint still work.
+        """
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        wants_default = config.get("enable_checkpointing") is not False
+        if wants_default and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, ModelCheckpoint(save_last=True)])
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         # The classes check their own arguments (ValueError), and the Trainer its flags
@@ -103,7 +120,7 @@ def cli_main(args: list[str] | None = None) -> LitPolyCLI:
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults={
                 **TRAINER_DEFAULTS,
-                "callbacks": [ModelCheckpoint(save_last=True), PredictionCSVWriter()],
+                "callbacks": [PredictionCSVWriter()],
             },
             # Raise parse errors instead of printing usage text: `fail` turns them into one line.
             parser_kwargs={"exit_on_error": False},

@@ -65,6 +65,9 @@ class PolynomialRegressor(L.LightningModule):
         [1.0, 3.0, 17.0]
     """
 
+    initial_coefficients: Tensor  # buffers, registered in __init__
+    exponents: Tensor
+
     def __init__(
         self,
         optimizer: Optimizer = "sgd",
@@ -93,12 +96,14 @@ class PolynomialRegressor(L.LightningModule):
                 )
             start = torch.tensor(init_coefficients, dtype=torch.float32)
         self.save_hyperparameters()
-        self.optimizer_name = optimizer
+        self.optimizer_name: Optimizer = optimizer
         self.lr = DEFAULT_LR[optimizer] if lr is None else lr
         self.degree = degree
         self.coefficients = nn.Parameter(start.clone())
         # Kept in every checkpoint so any run can be replayed by the numpy reference from the same start.
         self.register_buffer("initial_coefficients", start.clone())
+        # Integer, so precision plugins leave it alone; not persistent, since it follows from `degree`.
+        self.register_buffer("exponents", torch.arange(degree + 1), persistent=False)
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -106,7 +111,8 @@ class PolynomialRegressor(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the polynomial at ``x`` (any shape)."""
         # Powers are built without grad (x needs none); the matmul's backward is then just Vᵀ·g.
-        powers = torch.linalg.vander(x, N=self.degree + 1)
+        # (`pow` rather than `torch.linalg.vander`, which refuses half precision.)
+        powers = x.unsqueeze(-1).pow(self.exponents)
         return torch.matmul(powers, self.coefficients)
 
     def coefficient_dict(self) -> dict[str, float]:

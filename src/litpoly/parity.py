@@ -1,0 +1,329 @@
+"""Parity: replay a finished Lightning run with the numpy reference and say whether they agree.
+
+The comparison (:func:`compare`) is plain numpy over what both runs recorded; the callback
+(:class:`ParityCheck`) records the Lightning side cheaply during ``fit`` and prints the report.
+
+Tolerances come from measurement on this problem (2400 steps, seeds 0–9 and 1234):
+
+- SGD is linear in the gradient, so the two runs differ by rounding only, at every step:
+  relative loss difference ≤ ~5e-15 and coefficients ≤ ~7e-16 in float64, ≤ ~4e-6 and ~7e-7 in float32.
+- RMSprop matches as tightly while the run is far from the optimum. Near it, its step is ±lr
+  whatever the gradient's size, so once a gradient component changes sign a rounding difference
+  can flip a step, and the two runs wander apart by O(lr) — in float64 as in float32. From the
+  reference's first gradient sign change on, coefficients are held to ``2·lr / sqrt(1 − alpha)``:
+  RMSprop's running average obeys ``v ≥ (1 − alpha)·g²``, so no step is longer than
+  ``lr / sqrt(1 − alpha)`` (10·lr for the default alpha), and two runs that each stay within one
+  such step of a common path are at most twice that apart. Measured: at most 7.4·lr; the first
+  sign change came at step 51 or later. The SGD bounds are never widened for RMSprop.
+
+The first :data:`EARLY_STEPS` steps are always recorded, so even an RMSprop run that leaves
+lock-step early is checked tightly where it can be: a 1% error in lr shows there at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse.typing import PositiveInt
+
+from litpoly import reference
+from litpoly.callbacks import say
+from litpoly.model import PolynomialRegressor, coefficient_names
+
+#: Rounding tolerances per dtype: (relative loss difference, absolute coefficient difference).
+ROUNDING_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (2e-5, 5e-6),
+}
+
+#: Steps 0 … EARLY_STEPS-1 are always compared, besides every ``every_n_steps``-th step.
+EARLY_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What counts as agreement.
+
+    Attributes:
+        loss_rtol: Largest relative loss difference while the runs are in lock-step.
+        coef_atol: Largest coefficient difference while the runs are in lock-step.
+        wander_atol: RMSprop only: largest coefficient difference once the reference's gradient has
+            changed sign (``None`` for SGD, which stays in lock-step throughout).
+    """
+
+    loss_rtol: float
+    coef_atol: float
+    wander_atol: float | None = None
+
+    @classmethod
+    def for_run(cls, optimizer: str, dtype: torch.dtype, lr: float, alpha: float = 0.99) -> Tolerance:
+        """The tolerance for a run of ``optimizer`` in ``dtype`` (float32 or float64)."""
+        loss_rtol, coef_atol = ROUNDING_TOLERANCE[dtype]
+        wander = 2.0 * lr / math.sqrt(1.0 - alpha) if optimizer == "rmsprop" else None
+        return cls(loss_rtol, coef_atol, wander)
+
+    def describe(self) -> str:
+        text = f"loss rel. diff ≤ {self.loss_rtol:g}, coefficients ≤ {self.coef_atol:g}"
+        if self.wander_atol is not None:
+            text += f"; after the first gradient sign change coefficients ≤ 2·lr/sqrt(1-alpha) = {self.wander_atol:g}"
+        return text
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The side-by-side comparison of a Lightning run and its numpy replay."""
+
+    steps: np.ndarray
+    lightning_losses: np.ndarray
+    reference_losses: np.ndarray
+    lightning_coefficients: np.ndarray
+    reference_coefficients: np.ndarray
+    lightning_final: np.ndarray
+    reference_final: np.ndarray
+    optimum: np.ndarray
+    lightning_final_loss: float
+    reference_final_loss: float
+    optimum_loss: float
+    lockstep_until: int | None
+    tolerance: Tolerance
+    failures: tuple[str, ...]
+
+    @property
+    def match(self) -> bool:
+        return not self.failures
+
+    @property
+    def relative_differences(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):  # a diverged run shows as inf/nan, on purpose
+            rel: np.ndarray = np.abs(self.lightning_losses - self.reference_losses) / np.abs(self.reference_losses)
+        return rel
+
+    def format(self, every_n_steps: int = 100) -> str:
+        """The table printed after ``fit``: a row every ``every_n_steps`` steps, the early steps in one line."""
+        rel = self.relative_differences
+        early = self.steps < EARLY_STEPS
+        lines = []
+        if early.any():
+            lines.append(f"steps 0-{self.steps[early].max()}: max loss rel. diff {rel[early].max():.2e}")
+        lines.append("  step  lightning loss  reference loss  rel. diff")
+        for t, a, b, r in zip(self.steps, self.lightning_losses, self.reference_losses, rel, strict=True):
+            if (t + 1) % every_n_steps == 0:
+                lines.append(f"{t:6d}  {a:14.8g}  {b:14.8g}  {r:9.2e}")
+        names = coefficient_names(len(self.optimum) - 1)
+        lines.append(f"{'':10}" + "".join(f"{n:>13}" for n in names) + f"{'loss':>13}{'gap to opt.':>13}")
+        for label, w, loss in (
+            ("lightning", self.lightning_final, self.lightning_final_loss),
+            ("reference", self.reference_final, self.reference_final_loss),
+            ("optimum", self.optimum, self.optimum_loss),
+        ):
+            cells = "".join(f"{v:13.6g}" for v in w)
+            lines.append(f"{label:10}{cells}{loss:13.6g}{loss - self.optimum_loss:13.3g}")
+        if self.lockstep_until is not None and self.tolerance.wander_atol is not None:
+            lines.append(
+                f"(RMSprop: lock-step until step {self.lockstep_until}, the reference's first gradient sign change)"
+            )
+        verdict = "MATCH" if self.match else "MISMATCH: " + "; ".join(self.failures)
+        lines.append(f"Verdict: {verdict} (tolerance: {self.tolerance.describe()})")
+        return "\n".join(lines)
+
+
+def compare(
+    steps: np.ndarray,
+    lightning_losses: np.ndarray,
+    lightning_coefficients: np.ndarray,
+    lightning_final: np.ndarray,
+    replay: reference.Trajectory,
+    x: np.ndarray,
+    y: np.ndarray,
+    tolerance: Tolerance,
+) -> ParityReport:
+    """Compare what a Lightning run recorded with the reference ``replay`` of the same run.
+
+    Args:
+        steps: The recorded 0-based steps (a subset of ``replay.steps``).
+        lightning_losses: Lightning's loss at those steps, before each step's update.
+        lightning_coefficients: Lightning's coefficients at those steps, before each update.
+        lightning_final: Lightning's final coefficients.
+        replay: The reference trajectory from the same start, data, optimizer and lr.
+        x: The training inputs the run used (for the final losses and the optimum).
+        y: The targets the run used.
+        tolerance: What counts as agreement.
+    """
+    index = np.searchsorted(replay.steps, steps)
+    ref_losses, ref_coefficients = replay.losses[index], replay.coefficients[index]
+    optimum, optimum_loss = reference.closed_form(x, y, len(lightning_final) - 1)
+    # SGD stays in lock-step throughout; RMSprop until its first gradient sign change (see module docstring).
+    lockstep_until = replay.first_sign_change if tolerance.wander_atol is not None else None
+
+    def lockstep(step: int | float) -> bool:
+        return lockstep_until is None or step < lockstep_until
+
+    # Comparisons are written as `not (diff <= tol)` so that a NaN anywhere is a failure, never a pass.
+    failures = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(lightning_losses - ref_losses) / np.abs(ref_losses)
+    coef_diff = np.abs(lightning_coefficients - ref_coefficients).max(axis=1, initial=0.0)
+    tight = np.array([lockstep(t) for t in steps], dtype=bool)
+    if not np.all(rel[tight] <= tolerance.loss_rtol):
+        t = steps[tight][np.argmax(rel[tight])]
+        failures.append(f"loss rel. diff {rel[tight].max():.2e} at step {t}")
+    if not np.all(coef_diff[tight] <= tolerance.coef_atol):
+        failures.append(
+            f"coefficients differ by {coef_diff[tight].max():.2e} at step {steps[tight][np.argmax(coef_diff[tight])]}"
+        )
+    if tolerance.wander_atol is not None and not np.all(coef_diff[~tight] <= tolerance.wander_atol):
+        failures.append(f"coefficients wandered {coef_diff[~tight].max():.2e} apart")
+    final_diff = float(np.abs(lightning_final - replay.final_coefficients).max())
+    final_atol = tolerance.coef_atol if lockstep(math.inf) else tolerance.wander_atol
+    if final_atol is not None and not final_diff <= final_atol:
+        failures.append(f"final coefficients differ by {final_diff:.2e}")
+    return ParityReport(
+        steps=steps,
+        lightning_losses=lightning_losses,
+        reference_losses=ref_losses,
+        lightning_coefficients=lightning_coefficients,
+        reference_coefficients=ref_coefficients,
+        lightning_final=lightning_final,
+        reference_final=replay.final_coefficients,
+        optimum=optimum,
+        lightning_final_loss=reference.sum_squared_error(x, y, lightning_final),
+        reference_final_loss=replay.final_loss,
+        optimum_loss=optimum_loss,
+        lockstep_until=lockstep_until,
+        tolerance=tolerance,
+        failures=tuple(failures),
+    )
+
+
+class ParityCheck(L.Callback):
+    """After ``fit``, replays the run with the numpy reference and prints a side-by-side table and a verdict.
+
+    Records the loss and coefficients every ``every_n_steps`` steps during training (tensors kept on
+    the device, read once at the end: no per-step sync), then runs :func:`litpoly.reference.run` from
+    the run's own initial coefficients, data, optimizer, lr and number of steps. The table and the
+    reference curve also go to the run's loggers (TensorBoard).
+
+    Args:
+        enabled: Set to false to switch the check off.
+        every_n_steps: Compare the loss every this many steps.
+        max_point_steps: Skip (and say so) when points × steps exceeds this: the numpy replay of a
+            20-million-point run would take far longer than the run itself.
+    """
+
+    def __init__(self, enabled: bool = True, every_n_steps: PositiveInt = 100, max_point_steps: PositiveInt = 10**9):
+        self.enabled = enabled
+        self.every_n_steps = every_n_steps
+        self.max_point_steps = max_point_steps
+        self.report: ParityReport | None = None
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._pending: torch.Tensor | None = None
+
+    def _skip_reason(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        if not isinstance(pl_module, PolynomialRegressor):
+            return "the model is not a PolynomialRegressor"
+        if trainer.world_size > 1:
+            return f"it runs on {trainer.world_size} processes; the reference replays a single full-batch run"
+        dtype = pl_module.coefficients.dtype
+        if dtype not in ROUNDING_TOLERANCE:
+            return f"precision {trainer.precision} trains in {dtype}; tolerances exist for float32 and float64"
+        datamodule = getattr(trainer, "datamodule", None)
+        batch_size, num_samples = getattr(datamodule, "batch_size", None), getattr(datamodule, "num_samples", 0)
+        if batch_size is not None and batch_size < num_samples:
+            return f"it trains on mini-batches of {batch_size}; the reference replays full-batch steps"
+        if num_samples * (trainer.max_steps or 0) > self.max_point_steps:
+            return (
+                f"{num_samples} points x {trainer.max_steps} steps exceeds --parity.max_point_steps "
+                f"{self.max_point_steps}; raise it to run the check anyway"
+            )
+        return None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.report, self._batch, self._records = None, None, []
+        if self.enabled and (reason := self._skip_reason(trainer, pl_module)) is not None:
+            say(f"Parity check skipped: {reason}.")
+            self.enabled = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.enabled:
+            return
+        if self._batch is None:
+            self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
+        step = trainer.global_step
+        if step < EARLY_STEPS or (step + 1) % self.every_n_steps == 0:
+            assert isinstance(pl_module, PolynomialRegressor)
+            self._pending = pl_module.coefficients.detach().clone()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.enabled and self._pending is not None and isinstance(outputs, dict):
+            self._records.append((trainer.global_step - 1, outputs["loss"].detach(), self._pending))
+            self._pending = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or self._batch is None or not self._records:
+            return
+        assert isinstance(pl_module, PolynomialRegressor)
+        optimizer = trainer.optimizers[0]
+        group = optimizer.param_groups[0]
+        x, y = (t.detach().double().cpu().numpy() for t in self._batch)
+        replay = reference.run(
+            pl_module.optimizer_name,
+            x,
+            y,
+            pl_module.initial_coefficients.double().cpu().numpy(),
+            lr=group["lr"],
+            num_steps=trainer.global_step,
+            alpha=group.get("alpha", 0.99),
+            eps=group.get("eps", 1e-8),
+            record_every=1,
+        )
+        tolerance = Tolerance.for_run(
+            pl_module.optimizer_name, pl_module.coefficients.dtype, group["lr"], group.get("alpha", 0.99)
+        )
+        self.report = compare(
+            steps=np.array([t for t, _, _ in self._records]),
+            lightning_losses=np.array([loss.item() for _, loss, _ in self._records]),
+            lightning_coefficients=np.stack([w.double().cpu().numpy() for _, _, w in self._records]),
+            lightning_final=pl_module.coefficients.detach().double().cpu().numpy(),
+            replay=replay,
+            x=x,
+            y=y,
+            tolerance=tolerance,
+        )
+        dtype = str(pl_module.coefficients.dtype).removeprefix("torch.")
+        header = (
+            f"Parity with the numpy reference ({pl_module.optimizer_name}, lr={group['lr']:g}, {dtype}, "
+            f"{trainer.global_step} steps from the same start):"
+        )
+        say(header + "\n" + self.report.format(self.every_n_steps))
+        self._log(trainer, header)
+
+    def _log(self, trainer: L.Trainer, header: str) -> None:
+        report = self.report
+        assert report is not None
+        for t, ref_loss, rel in zip(report.steps, report.reference_losses, report.relative_differences, strict=True):
+            for logger in trainer.loggers:
+                logger.log_metrics({"parity/reference_loss": ref_loss, "parity/rel_diff": rel}, step=int(t))
+        final = {
+            "parity/match": float(report.match),
+            "optimum/loss": report.optimum_loss,
+            "optimum/gap_lightning": report.lightning_final_loss - report.optimum_loss,
+            "optimum/gap_reference": report.reference_final_loss - report.optimum_loss,
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(final, step=trainer.global_step)
+            experiment = getattr(logger, "experiment", None)
+            if experiment is not None and hasattr(experiment, "add_text"):
+                # Indented by four spaces: TensorBoard renders text as markdown, this keeps the table monospaced.
+                lines = [header, *report.format(self.every_n_steps).splitlines()]
+                text = "\n".join("    " + line for line in lines)
+                experiment.add_text("parity", text, global_step=trainer.global_step)
