@@ -129,7 +129,8 @@ def compare(
         "Lightning RMSprop": lightning_run("rmsprop", w0, rmsprop_lr, steps, every, num_samples, trainer_precision),
     }
 
-    print(f"Same start for every run: {format_polynomial(w0)}  (seed {seed}, {num_samples} points, float{precision})")
+    print(f"Same start for every run: {format_polynomial(w0)}")
+    print(f"Seed {seed}, {num_samples} points; PyTorch and Lightning in float{precision}, numpy in float64.")
     names = list(curves)
     print(f"{'step':>6}" + "".join(f"{name:>20}" for name in names))
     for row, t in enumerate(curves[names[0]].steps):

@@ -30,7 +30,7 @@ def test_fit_writes_a_complete_run_folder(run_cli: RunCLI, tmp_path: Path, capsy
     assert (folder / "config.yaml").is_file() and (folder / "hparams.yaml").is_file()
     assert list(folder.glob("events.out.tfevents.*"))
     assert "Epoch 0: 100%" in out.out  # Lightning's progress bar
-    assert f"Run folder: {folder}" in out.out
+    assert f"Run folder: {folder} (seed 1234)" in out.out
     # The seed's lines: "9 <loss>", "19 <loss>", "29 <loss>", then the Result line with the learned numbers.
     steps = [line.split()[0] for line in out.out.splitlines() if line[:1].isdigit()]
     assert steps == ["9", "19", "29"]
@@ -94,13 +94,15 @@ def test_validate_test_predict_from_a_checkpoint(
     }
     for stage, prefix in (("validate", "val"), ("test", "test")):
         metrics = run_cli(stage, "--ckpt_path", ckpt).trainer.callback_metrics
+        assert "Run folder: " in capsys.readouterr().out
         for name, value in expected.items():
             assert metrics[f"{prefix}/{name}"].item() == pytest.approx(value, rel=1e-5), (stage, name)
 
     capsys.readouterr()
     run_cli("predict", "--ckpt_path", ckpt)
     csv = run_dir(tmp_path, 3) / "predictions.csv"
-    assert f"written to {csv}" in capsys.readouterr().out
+    assert f"written to {csv} (figure: {csv.with_suffix('.png')})" in capsys.readouterr().out
+    assert csv.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = np.loadtxt(csv, delimiter=",", skiprows=1)
     assert csv.read_text().splitlines()[0] == "x,target,prediction"
     np.testing.assert_allclose(table[:, 0], x, atol=1e-6)
@@ -153,7 +155,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *args)
     assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("Seed set to")]
+    out = capsys.readouterr()
+    lines = (out.out + out.err).splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert setting in lines[0] and allowed in lines[0]
     assert not (tmp_path / "lightning_logs").exists()

@@ -106,7 +106,8 @@ def test_the_verdict_and_table_are_printed_and_logged(
     ("args", "reason"),
     [
         (["--data.batch_size", "500"], "mini-batches of 500"),
-        (["--trainer.precision", "bf16-true"], "tolerances exist for float32 and float64"),
+        (["--trainer.precision", "bf16-true"], "tolerances exist for 32-true and 64-true"),
+        (["--trainer.precision", "bf16-mixed"], "precision bf16-mixed"),
         (["--parity.max_point_steps", "1000"], "raise it to run the check anyway"),
     ],
 )

@@ -41,9 +41,10 @@ class SeedReport(L.Callback):
     def __init__(self, every_n_steps: PositiveInt = 100) -> None:
         self.every_n_steps = every_n_steps
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Every subcommand (fit, validate, test, predict) is a run with its own folder: say which.
         if trainer.log_dir is not None and trainer.loggers:
-            say(f"Run folder: {trainer.log_dir}")
+            say(f"Run folder: {trainer.log_dir} (seed {torch.initial_seed()})")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -57,11 +58,12 @@ class SeedReport(L.Callback):
             say(f"Result: {format_polynomial(list(pl_module.coefficient_dict().values()))}")
 
 
-class PredictionCSVWriter(BasePredictionWriter):
-    """Writes ``predict``'s output as ``predictions.csv`` (columns ``x,target,prediction``) into the run folder.
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict``'s output into the run folder: ``predictions.csv`` (columns ``x,target,prediction``)
+    and ``predictions.png`` (the prediction against the target).
 
     Args:
-        filename: Name of the CSV file inside the run folder.
+        filename: Name of the CSV file inside the run folder; the figure takes the same name with ``.png``.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
@@ -85,4 +87,28 @@ class PredictionCSVWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.filename
         np.savetxt(path, table.numpy(), delimiter=",", header=",".join(columns), comments="", fmt="%.17g")
-        say(f"Predictions for {table.shape[0]} points written to {path}")
+        figure = path.with_suffix(".png")
+        plot_predictions(table.numpy(), figure)
+        say(f"Predictions for {table.shape[0]} points written to {path} (figure: {figure})")
+
+
+def plot_predictions(table: np.ndarray, path: Path) -> None:
+    """Save the prediction against the target (columns x, target, prediction of ``table``) as a PNG."""
+    import matplotlib  # imported here: only `predict` needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, target, prediction = table.T
+    fig, (ax, ax_err) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, height_ratios=(3, 1))
+    ax.plot(x, target, "k--", lw=1.5, label="target")
+    ax.plot(x, prediction, color="C3", lw=2, label="prediction")
+    ax.set(ylabel="y", title=f"Prediction on {len(x)} points")
+    ax.legend()
+    ax_err.plot(x, prediction - target, color="C0")
+    ax_err.set(xlabel="x", ylabel="error")
+    for a in (ax, ax_err):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

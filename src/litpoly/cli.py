@@ -17,10 +17,11 @@ from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from litpoly.callbacks import PredictionCSVWriter, SeedReport
+from litpoly.callbacks import PredictionWriter, SeedReport
+from litpoly.dashboard import TensorBoardReport
 from litpoly.data import SineDataModule
 from litpoly.model import PolynomialRegressor
 from litpoly.parity import ParityCheck
@@ -33,6 +34,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "check_val_every_n_epoch": None,
     # Lightning writes step metrics only every `log_every_n_steps`; 50 gives 48 points per curve.
     "log_every_n_steps": 50,
+    # TensorBoardReport logs the hyperparameters itself, with seed, precision and the final metrics;
+    # Lightning's automatic call would add a second, metric-less HPARAMS entry.
+    "enable_autolog_hparams": False,
 }
 
 DEFAULT_SEED = 1234
@@ -56,6 +60,11 @@ def quiet_irrelevant_messages() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not record.getMessage().startswith("💡 Tip")
     )
+    # SeedReport prints the seed beside the run folder once a run starts; printed at parse time it
+    # would also precede every one-line settings error.
+    logging.getLogger("lightning.fabric.utilities.seed").addFilter(
+        lambda record: not record.getMessage().startswith("Seed set to")
+    )
 
 
 def fail(message: str) -> NoReturn:
@@ -70,6 +79,7 @@ class LitPolyCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(SeedReport, "console")
         parser.add_lightning_class_args(ParityCheck, "parity")
+        parser.add_lightning_class_args(TensorBoardReport, "tensorboard")
 
     def before_instantiate_classes(self) -> None:
         """Check what depends on several settings, before anything is built or written."""
@@ -89,6 +99,7 @@ class LitPolyCLI(LightningCLI):
         - ``ModelCheckpoint(save_last=True)``: every run has ``checkpoints/last.ckpt``.
         - ``TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_RATE)``: redrawing the bar every step
           costs more than a whole raw training step on 2000 points.
+        - ``LearningRateMonitor``: the learning rate in TensorBoard (``fit`` with a logger only).
 
         Added here rather than in ``trainer_defaults`` (which always applies) so that
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false`` and a
@@ -104,6 +115,8 @@ class LitPolyCLI(LightningCLI):
             defaults.append(ModelCheckpoint(save_last=True))
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             defaults.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_RATE))
+        if self.subcommand == "fit" and config.get("logger") is not False:
+            defaults.append(LearningRateMonitor(logging_interval="step"))
         if defaults:
             kwargs.setdefault("callbacks", [*callbacks, *defaults])
         return super().instantiate_trainer(**kwargs)
@@ -134,7 +147,7 @@ def cli_main(args: list[str] | None = None) -> LitPolyCLI:
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults={
                 **TRAINER_DEFAULTS,
-                "callbacks": [PredictionCSVWriter()],
+                "callbacks": [PredictionWriter()],
             },
             # Raise parse errors instead of printing usage text: `fail` turns them into one line.
             parser_kwargs={"exit_on_error": False},
