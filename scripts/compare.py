@@ -40,7 +40,7 @@ class _LossRecorder(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         if trainer.global_step % self.every == 0:
             self.steps.append(trainer.global_step - 1)
-            self.losses.append(outputs["loss"].item())
+            self.losses.append(outputs["sse"].item())
 
 
 def lightning_run(

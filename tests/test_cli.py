@@ -26,7 +26,8 @@ def test_fit_writes_a_complete_run_folder(run_cli: RunCLI, tmp_path: Path, capsy
     cli = run_cli("fit", *QUICK, progress_bar=True)
     out = capsys.readouterr()
     folder = run_dir(tmp_path)
-    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["epoch=0-step=30.ckpt", "last.ckpt"]
+    # Periodic checkpoints come every 500 steps; last.ckpt always holds the final state.
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
     assert (folder / "config.yaml").is_file() and (folder / "hparams.yaml").is_file()
     assert list(folder.glob("events.out.tfevents.*"))
     assert "Epoch 0: 100%" in out.out  # Lightning's progress bar

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ from litpoly.model import PolynomialRegressor, format_polynomial
 
 
 @rank_zero_only
-def say(message: object) -> None:
-    """Print one line to stdout from rank 0, above any live tqdm progress bar instead of through it.
+def say(message: object, stderr: bool = False) -> None:
+    """Print one line from rank 0 (to stdout, or stderr for warnings), above any live tqdm progress bar.
 
     Not ``LightningModule.print``: Lightning drops that line when no bar is active (e.g. at fit start).
     """
-    tqdm.write(str(message))
+    tqdm.write(str(message), file=sys.stderr if stderr else sys.stdout)
 
 
 class SeedReport(L.Callback):
@@ -51,7 +52,9 @@ class SeedReport(L.Callback):
     ) -> None:
         # `global_step` has already counted this step; the seed prints the loss *before* the update at t.
         if trainer.global_step % self.every_n_steps == 0 and isinstance(outputs, dict):
-            say(f"{trainer.global_step - 1} {outputs['loss'].item()}")
+            # Each process holds its shard's sum of squared errors; the seed's loss is their total.
+            total = trainer.strategy.reduce(outputs["sse"], reduce_op="sum")
+            say(f"{trainer.global_step - 1} {total.item()}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(pl_module, PolynomialRegressor):

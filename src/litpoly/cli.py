@@ -9,10 +9,12 @@ pick the hardware. ``--help`` on any subcommand lists everything with its defaul
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -23,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from litpoly.callbacks import PredictionWriter, SeedReport
 from litpoly.dashboard import TensorBoardReport
 from litpoly.data import SineDataModule
+from litpoly.guard import AtomicCheckpointIO, RunGuard, TrainingStopped, checkpoint_degree, resolve_checkpoint
 from litpoly.model import PolynomialRegressor
 from litpoly.parity import ParityCheck
 
@@ -40,6 +43,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 DEFAULT_SEED = 1234
+
+#: Save a checkpoint every this many steps (besides the end of training and an interruption).
+CHECKPOINT_EVERY = 500
 
 #: Redraw the progress bar every this many steps (Lightning's default, 1, costs ~0.2 ms a step here).
 PROGRESS_REFRESH_RATE = 20
@@ -80,6 +86,33 @@ class LitPolyCLI(LightningCLI):
         parser.add_lightning_class_args(SeedReport, "console")
         parser.add_lightning_class_args(ParityCheck, "parity")
         parser.add_lightning_class_args(TensorBoardReport, "tensorboard")
+        # ModelCheckpoint's own settings as `--checkpoint.*`. Added as a plain class group rather than
+        # as a Lightning callback group so that `instantiate_trainer` can leave it out when the user
+        # says `--trainer.enable_checkpointing false` (Lightning refuses both at once).
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", instantiate=True)
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` before LightningCLI reads hyperparameters from it."""
+        super().parse_arguments(parser, args)
+        if not self.config.get("subcommand"):
+            return
+        config = self.config[self.config.subcommand]
+        if config.get("ckpt_path") is None:
+            return
+        root = Path(config.trainer.get("default_root_dir") or Path.cwd())
+        try:
+            path = resolve_checkpoint(config.ckpt_path, root / "lightning_logs")
+            degree = checkpoint_degree(path)
+        except ValueError as error:
+            fail(str(error))
+        default_degree = inspect.signature(PolynomialRegressor).parameters["degree"].default
+        if degree is not None and config.model.degree not in (degree, default_degree):
+            fail(
+                f"`ckpt_path` {path} holds a degree-{degree} model, but `model.degree` is {config.model.degree}; "
+                "leave `model.degree` out to take the checkpoint's"
+            )
+        config.ckpt_path = str(path)
 
     def before_instantiate_classes(self) -> None:
         """Check what depends on several settings, before anything is built or written."""
@@ -96,7 +129,9 @@ class LitPolyCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with litpoly's versions of Lightning's default checkpoint and progress bar.
 
-        - ``ModelCheckpoint(save_last=True)``: every run has ``checkpoints/last.ckpt``.
+        - ``ModelCheckpoint`` from ``--checkpoint.*`` (``save_last``, every ``CHECKPOINT_EVERY`` steps):
+          every run has ``checkpoints/last.ckpt``, and a killed run loses at most that many steps.
+        - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` is set).
         - ``TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_RATE)``: redrawing the bar every step
           costs more than a whole raw training step on 2000 points.
         - ``LearningRateMonitor``: the learning rate in TensorBoard (``fit`` with a logger only).
@@ -105,21 +140,26 @@ class LitPolyCLI(LightningCLI):
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false`` and a
         user's own callbacks of these kinds keep working as Lightning documents them.
         """
-        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        config = self._subconfig_init().trainer
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         defaults: list[Callback] = []
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
-            defaults.append(ModelCheckpoint(save_last=True))
+            defaults.append(self._subconfig_init().checkpoint)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             defaults.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_RATE))
         if self.subcommand == "fit" and config.get("logger") is not False:
             defaults.append(LearningRateMonitor(logging_interval="step"))
         if defaults:
             kwargs.setdefault("callbacks", [*callbacks, *defaults])
+        if not config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
+
+    def _subconfig_init(self) -> Any:
+        return self.config_init[self.subcommand] if self.subcommand else self.config_init
 
     def instantiate_classes(self) -> None:
         # The classes check their own arguments (ValueError), and the Trainer its flags
@@ -147,7 +187,7 @@ def cli_main(args: list[str] | None = None) -> LitPolyCLI:
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults={
                 **TRAINER_DEFAULTS,
-                "callbacks": [PredictionWriter()],
+                "callbacks": [PredictionWriter(), RunGuard()],
             },
             # Raise parse errors instead of printing usage text: `fail` turns them into one line.
             parser_kwargs={"exit_on_error": False},
@@ -158,3 +198,6 @@ def cli_main(args: list[str] | None = None) -> LitPolyCLI:
         )
     except ArgumentError as error:
         fail(str(error))
+    except TrainingStopped as stop:  # diverged (exit 1) or interrupted (exit 128 + signal number)
+        print(f"error: {stop}" if stop.exit_code == 1 else str(stop), file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None

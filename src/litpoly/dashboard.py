@@ -27,7 +27,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from litpoly import reference
-from litpoly.data import StepLoader
+from litpoly.data import SineDataModule, StepLoader
 from litpoly.model import PolynomialRegressor, coefficient_names, format_polynomial
 
 #: The HPARAMS tab's metric columns.
@@ -40,22 +40,27 @@ class FitFigure:
     The axes, the target curve and the training points are drawn once; each update redraws only the
     fitted line on a saved background (blitting), so a validation costs ~1 ms here instead of the
     ~20 ms of a full matplotlib render.
+
+    Args:
+        x: A sample of the training inputs (a few hundred are plenty).
+        y: Their targets.
+        grid: Where to draw the curves.
+        target: The target function on ``grid``.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, max_points: int = 200) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, grid: np.ndarray, target: np.ndarray) -> None:
         import matplotlib  # imported here: only runs that draw figures pay for it
 
         matplotlib.use("Agg")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self.grid = np.linspace(x.min(), x.max(), 400)
+        self.grid = grid
         figure = Figure(figsize=(5, 3.2), dpi=80)
         self.canvas = FigureCanvasAgg(figure)
         ax = figure.add_subplot()
-        every = max(1, len(x) // max_points)
-        ax.plot(x[::every], y[::every], ".", ms=3, color="0.6", label="training points")
-        ax.plot(self.grid, np.interp(self.grid, x, y), "k--", lw=1.2, label="target")
+        ax.plot(x, y, ".", ms=3, color="0.6", label="training points")
+        ax.plot(grid, target, "k--", lw=1.2, label="target")
         (self.line,) = ax.plot(self.grid, np.zeros_like(self.grid), color="C3", lw=2, label="fit", animated=True)
         margin = 0.25 * (y.max() - y.min() + 1e-12)
         ax.set(xlim=(x.min(), x.max()), ylim=(y.min() - margin, y.max() + margin), xlabel="x", ylabel="y")
@@ -81,6 +86,7 @@ class TensorBoardReport(L.Callback):
 
     Args:
         figure: Log the fit figure and the equation at each validation.
+        max_figure_points: At most this many training points are drawn in the figure.
     """
 
     def __init__(self, figure: bool = True, max_figure_points: PositiveInt = 200) -> None:
@@ -89,6 +95,7 @@ class TensorBoardReport(L.Callback):
         self.optimum: np.ndarray | None = None
         self.floor = 0.0
         self._figure: FitFigure | None = None
+        self._figure_data: tuple[np.ndarray, ...] = ()
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -97,12 +104,24 @@ class TensorBoardReport(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._tensorboard(trainer)
-        loader = trainer.train_dataloader
+        loader, datamodule = trainer.train_dataloader, getattr(trainer, "datamodule", None)
         if logger is None or not isinstance(pl_module, PolynomialRegressor) or not isinstance(loader, StepLoader):
             return
-        self._data = (loader.x, loader.y)
-        # The floor on the very points the run trains on (float32-rounded in a float32 run).
-        self.optimum, self.floor = reference.closed_form(*self._numpy_data(), pl_module.degree)
+        if not isinstance(datamodule, SineDataModule):
+            return
+        self._data = (loader.x, loader.y)  # this process's points, as trained on
+        # The floor and the figure use all points, exact in float64 (under DDP a process holds a shard).
+        x64 = datamodule.train_x
+        x, y = x64.numpy(), datamodule.target(x64).numpy()
+        self.optimum, self.floor = reference.closed_form(x, y, pl_module.degree)
+        every = max(1, len(x) // self.max_figure_points)
+        grid = np.linspace(x[0], x[-1], 400)
+        self._figure_data = (
+            x[::every].copy(),
+            y[::every].copy(),
+            grid,
+            datamodule.target(torch.from_numpy(grid)).numpy(),
+        )
         self._log_optimum(trainer, step=trainer.global_step)
         names = coefficient_names(pl_module.degree)
         layout = {
@@ -119,11 +138,6 @@ class TensorBoardReport(L.Callback):
                 text = "\n".join("    " + line for line in config.read_text().splitlines())  # markdown code block
                 logger.experiment.add_text("config", text, global_step=0)
         logger.log_hyperparams(self._hparams(trainer, pl_module), metrics=dict.fromkeys(FINAL_METRICS, float("nan")))
-
-    def _numpy_data(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self._data is not None
-        # float32 CPU tensors convert without a copy; reference.closed_form reads them in chunks.
-        return tuple(t.detach().cpu().float().numpy() for t in self._data)  # type: ignore[return-value]
 
     def _log_optimum(self, trainer: L.Trainer, step: int) -> None:
         assert self.optimum is not None
@@ -159,16 +173,17 @@ class TensorBoardReport(L.Callback):
         # Same cadence as the model's own logging (see PolynomialRegressor.training_step).
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]
         if self.optimum is not None and every > 0 and trainer.global_step % every == 0 and isinstance(outputs, dict):
-            pl_module.log("train/gap_to_optimum", outputs["loss"] - self.floor)
+            total = trainer.strategy.reduce(outputs["sse"], reduce_op="sum")  # all processes' shards
+            pl_module.log("train/gap_to_optimum", total - self.floor)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._tensorboard(trainer)
-        if not self.figure or logger is None or trainer.sanity_checking or self._data is None:
+        if not self.figure or logger is None or trainer.sanity_checking or not self._figure_data:
             return
         if not trainer.is_global_zero or not isinstance(pl_module, PolynomialRegressor):
             return
         if self._figure is None:
-            self._figure = FitFigure(*self._numpy_data(), max_points=self.max_figure_points)
+            self._figure = FitFigure(*self._figure_data)
         coefficients = list(pl_module.coefficient_dict().values())
         step = trainer.global_step
         logger.experiment.add_image("fit", self._figure.render(coefficients), step, dataformats="HWC")
@@ -179,7 +194,8 @@ class TensorBoardReport(L.Callback):
             return
         x, y = self._data
         with torch.no_grad():
-            final_loss = float(F.mse_loss(pl_module(x), y, reduction="sum"))
+            shard_loss = F.mse_loss(pl_module(x), y, reduction="sum")
+        final_loss = float(trainer.strategy.reduce(shard_loss, reduce_op="sum"))
         self._log_optimum(trainer, step=trainer.global_step)
         # The coefficient curves end on the values of the `Result:` line (training_step logs them
         # before each update, so its last point is one step short).
@@ -187,4 +203,4 @@ class TensorBoardReport(L.Callback):
         final.update({"final/loss": final_loss, "final/gap_to_optimum": final_loss - self.floor})
         for logger in trainer.loggers:
             logger.log_metrics(final, step=trainer.global_step)
-        self._figure, self._data = None, None
+        self._figure, self._figure_data, self._data = None, (), None

@@ -126,9 +126,9 @@ class SineDataModule(L.LightningDataModule):
         """The function being fitted."""
         return torch.sin(x)
 
-    def _on_device(self, x: Tensor) -> Batch:
+    def _on_device(self, x: Tensor, shard: bool = True) -> Batch:
         """Compute the targets in float64, then cast to the dtype the trainer feeds the model and move
-        both to its device, once."""
+        both to its device, once. Under DDP, keep this process's shard only."""
         y = self.target(x)
         if self.trainer is None:  # used outside a Trainer (tests, notebooks): the model's default dtype
             return x.float(), y.float()
@@ -136,6 +136,11 @@ class SineDataModule(L.LightningDataModule):
         # and the mixed modes); casting here makes Lightning's own per-step conversion a no-op.
         dtype = self.trainer.precision_plugin.convert_input(torch.zeros(())).dtype
         device = self.trainer.strategy.root_device
+        if shard and self.trainer.world_size > 1:
+            # Under DDP each process takes a contiguous, disjoint shard: no DistributedSampler, so no
+            # padding with duplicated points when the count does not divide evenly.
+            x = torch.tensor_split(x, self.trainer.world_size)[self.trainer.global_rank]
+            y = torch.tensor_split(y, self.trainer.world_size)[self.trainer.global_rank]
         return x.to(device, dtype), y.to(device, dtype)
 
     def train_dataloader(self) -> StepLoader:
@@ -159,4 +164,5 @@ class SineDataModule(L.LightningDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> StepLoader:
-        return self._eval_loader()
+        # Not sharded: the prediction writer on process 0 writes every point.
+        return StepLoader(*self._on_device(self.eval_x, shard=False), num_steps=1)

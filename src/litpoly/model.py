@@ -143,23 +143,30 @@ class PolynomialRegressor(L.LightningModule):
         # The seed's loss: the SUM of squared errors (not the mean), which is why SGD's lr is 1e-6.
         return F.mse_loss(y_hat, y, reduction="sum"), y_hat, y
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, _, _ = self._shared_step(batch)
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """One optimizer step's loss.
+
+        Returns ``loss`` (what Lightning backpropagates) and ``sse``, this process's sum of squared
+        errors (what callbacks report). They differ only under DDP: each process sees a shard of the
+        points, and DDP *averages* gradients across processes, so the loss is multiplied by the
+        number of processes to make the update the gradient of the full sum, as on one process.
+        """
+        sse, _, _ = self._shared_step(batch)
         # `self.log` costs ~1 ms a call here, more than a whole raw step, and Lightning only writes
         # step metrics every `log_every_n_steps` anyway. So log exactly on those steps and skip the
         # bookkeeping on the others: the TensorBoard curves are the same, the step is cheaper.
         every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at runtime by Lightning
         if every > 0 and (self.global_step + 1) % every == 0:
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", sse, prog_bar=True, reduce_fx="sum", sync_dist=True)
             names = coefficient_names(self.degree)
             self.log_dict({f"coef/{k}": v for k, v in zip(names, self.coefficients, strict=True)})
-        return loss
+        return {"loss": sse * self.trainer.world_size, "sse": sse.detach()}
 
     def _eval_step(self, batch: Batch, metrics: MetricCollection, stage: str) -> None:
         loss, y_hat, y = self._shared_step(batch)
         metrics.update(y_hat, y)
-        # reduce_fx="sum": with several batches (or ranks) the logged value is still the total.
-        self.log(f"{stage}/sse", loss, reduce_fx="sum", batch_size=y.shape[0])
+        # reduce_fx="sum", sync_dist: with several batches or processes the logged value is the total.
+        self.log(f"{stage}/sse", loss, reduce_fx="sum", sync_dist=True, batch_size=y.shape[0])
         self.log_dict(metrics)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

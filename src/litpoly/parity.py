@@ -266,7 +266,7 @@ class ParityCheck(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.enabled and self._pending is not None and isinstance(outputs, dict):
-            self._records.append((trainer.global_step - 1, outputs["loss"].detach(), self._pending))
+            self._records.append((trainer.global_step - 1, outputs["sse"], self._pending))
             self._pending = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

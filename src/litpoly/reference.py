@@ -144,11 +144,7 @@ def closed_form(x: ArrayLike, y: ArrayLike, degree: int = 3, chunk: int = 1_000_
         w = np.asarray(solution, dtype=np.float64)
         residual = vander @ w - target
         return w, float(residual @ residual)
-    gram, moment = np.zeros((degree + 1, degree + 1)), np.zeros(degree + 1)
-    for start in range(0, x.shape[0], chunk):
-        vander, target = vandermonde(x[start : start + chunk], degree), y[start : start + chunk].astype(np.float64)
-        gram += vander.T @ vander
-        moment += vander.T @ target
+    gram, moment = normal_equations(x, y, degree, chunk)
     w = np.asarray(np.linalg.solve(gram, moment), dtype=np.float64)
     sse = 0.0
     for start in range(0, x.shape[0], chunk):
@@ -157,11 +153,23 @@ def closed_form(x: ArrayLike, y: ArrayLike, degree: int = 3, chunk: int = 1_000_
     return w, sse
 
 
+def normal_equations(x: ArrayLike, y: ArrayLike | None, degree: int, chunk: int = 1_000_000) -> tuple[Array, Array]:
+    """``XᵀX`` and ``Xᵀy`` (zeros without ``y``), accumulated ``chunk`` rows at a time in float64."""
+    x = np.asarray(x)
+    gram, moment = np.zeros((degree + 1, degree + 1)), np.zeros(degree + 1)
+    for start in range(0, x.shape[0], chunk):
+        vander = vandermonde(x[start : start + chunk], degree)
+        gram += vander.T @ vander
+        if y is not None:
+            moment += vander.T @ np.asarray(y)[start : start + chunk].astype(np.float64)
+    return gram, moment
+
+
 def sgd_stability_limit(x: ArrayLike, degree: int = 3) -> float:
     """The largest stable SGD learning rate for the summed loss: ``2 / λmax(2·XᵀX)``.
 
     Gradient descent on a quadratic with Hessian ``H = 2·XᵀX`` contracts every eigen-direction only
     while ``|1 − lr·λ| < 1``, i.e. ``lr < 2/λmax``. About 3.56e-6 on the default 2000 points.
     """
-    vander = vandermonde(x, degree)
-    return float(2.0 / np.linalg.eigvalsh(2.0 * vander.T @ vander)[-1])
+    gram, _ = normal_equations(x, None, degree)
+    return float(2.0 / np.linalg.eigvalsh(2.0 * gram)[-1])
