@@ -146,13 +146,30 @@ BAD_INPUT = [
     (["--trainer.max_steps", "0"], "trainer.max_steps", "positive"),
     (["--trainer.max_steps=-1"], "trainer.max_steps", "positive"),
     (["--config", "missing.yaml"], "config", "does not exist"),
+    (["--config", "malformed.yaml"], "config", "while parsing"),
+    (["--config", "unknown_key.yaml"], "model.foo", "does not accept"),
+    (["--model.foo", "1"], "--model.foo", "unrecognized"),
+    (["--data.num_samples", "abc"], "data.num_samples", "PositiveInt"),
+    (["--model.lr", "nan"], "model.lr", "nan"),
+    (["--model.lr", "inf"], "model.lr", "Given value: inf"),
+    (["--data.x_max", "inf"], "data.x_max", "Got value: inf"),
+    (["--data.x_min", "0", "--data.x_max", "0"], "data.x_min", "<"),
+    (["--trainer.precision", "8"], "trainer.precision", "64-true"),
+    pytest.param(
+        ["--trainer.accelerator", "gpu"],
+        "Trainer",
+        "gpu",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("args", "setting", "allowed"), BAD_INPUT, ids=[" ".join(a) for a, _, _ in BAD_INPUT])
+@pytest.mark.parametrize(("args", "setting", "allowed"), BAD_INPUT)
 def test_bad_input_is_one_line_and_writes_nothing(
     args: list[str], setting: str, allowed: str, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (tmp_path / "malformed.yaml").write_text("model:\n  lr: [1e-3\n")
+    (tmp_path / "unknown_key.yaml").write_text("model:\n  foo: 1\n")
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *args)
     assert exit_info.value.code == 2

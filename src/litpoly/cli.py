@@ -69,7 +69,7 @@ def quiet_irrelevant_messages() -> None:
     # SeedReport prints the seed beside the run folder once a run starts; printed at parse time it
     # would also precede every one-line settings error.
     logging.getLogger("lightning.fabric.utilities.seed").addFilter(
-        lambda record: not record.getMessage().startswith("Seed set to")
+        lambda record: "Seed set to" not in record.getMessage()  # "[rank: 1] Seed set to …" under DDP
     )
 
 
