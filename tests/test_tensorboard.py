@@ -38,7 +38,7 @@ def test_scalars_agree_with_the_console(finished_run: tuple[Path, str]) -> None:
     run, out = finished_run
     events = load(run)
     tags = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/gap_to_optimum", "lr-RMSprop", "optimum/loss", "final/loss"}
+    expected = {"train/loss", "train/gap_to_optimum", "train/lr", "optimum/loss", "final/loss"}
     expected |= {f"{kind}/{n}" for kind in ("coef", "optimum") for n in "abcd"}
     expected |= {f"val/{m}" for m in ("sse", "mse", "mae", "r2")}
     assert expected <= tags
@@ -58,7 +58,7 @@ def test_scalars_agree_with_the_console(finished_run: tuple[Path, str]) -> None:
     gaps = {e.step: e.value for e in events.Scalars("train/gap_to_optimum")}
     for e in events.Scalars("train/loss"):
         assert gaps[e.step] == pytest.approx(e.value - floor, rel=1e-5)
-    assert [e.value for e in events.Scalars("lr-RMSprop")] == pytest.approx([1e-3] * 30)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([1e-3] * 30)
     assert len(events.Scalars("val/mse")) == 3  # validation every 100 steps
 
 

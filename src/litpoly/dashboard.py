@@ -11,7 +11,8 @@
   loss and gap to the optimum as its metrics, so SGD and RMSprop runs line up side by side;
 - ``config``: the run's resolved ``config.yaml`` as text.
 
-The learning rate comes from Lightning's own ``LearningRateMonitor`` (added by the CLI).
+It also logs ``train/lr``: what Lightning's ``LearningRateMonitor`` would, without one more callback
+whose hooks Lightning would call on every step.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ class TensorBoardReport(L.Callback):
         if self.optimum is not None and every > 0 and trainer.global_step % every == 0 and isinstance(outputs, dict):
             total = trainer.strategy.reduce(outputs["sse"], reduce_op="sum")  # all processes' shards
             pl_module.log("train/gap_to_optimum", total - self.floor)
+            # What LearningRateMonitor logs, without a callback of its own on every step.
+            pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._tensorboard(trainer)

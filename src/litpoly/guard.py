@@ -172,8 +172,9 @@ class RunGuard(L.Callback):
     ) -> None:
         if self.check_finite and isinstance(pl_module, PolynomialRegressor) and isinstance(outputs, dict):
             loss = outputs["sse"]
-            # One fused check and one sync: the loss of this step and the coefficients it produced.
-            if not bool(torch.isfinite(loss) & torch.isfinite(pl_module.coefficients).all()):
+            # The loss of this step and the coefficients it produced, in one number and one sync: a
+            # NaN or inf anywhere makes the sum non-finite.
+            if not math.isfinite(float(loss + pl_module.coefficients.detach().sum())):
                 self._diverged(trainer, pl_module, float(loss))
         if self._signal is not None:
             self._interrupted(trainer)
