@@ -14,8 +14,10 @@ from litpoly.model import format_polynomial
 def test_forward_is_the_polynomial() -> None:
     model = PolynomialRegressor(init_coefficients=[0.5, -1.0, 2.0, 0.25])
     x = torch.tensor([-2.0, -0.5, 0.0, 1.0, 3.0])
-    expected = [0.5 - 1.0 * v + 2.0 * v**2 + 0.25 * v**3 for v in x.tolist()]
-    torch.testing.assert_close(model(x), torch.tensor(expected))
+    expected = torch.tensor([0.5 - 1.0 * v + 2.0 * v**2 + 0.25 * v**3 for v in x.tolist()])
+    torch.testing.assert_close(model(x), expected)  # training: powers times coefficients
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)  # evaluation: Horner's rule
 
 
 def test_degree_sets_the_number_of_coefficients() -> None:
