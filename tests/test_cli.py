@@ -192,3 +192,14 @@ def test_the_script_exits_non_zero_without_traceback(tmp_path: Path) -> None:
         "error: Parser key \"model.optimizer\": Expected a typing.Literal['sgd', 'rmsprop']. Got value: adam"
     ]
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_mini_batches_are_shuffled_under_the_run_seed(run_cli: RunCLI) -> None:
+    quick = ["--trainer.max_steps", "40", "--trainer.log_every_n_steps", "10", "--data.batch_size", "256"]
+    runs = [run_cli("fit", *quick).model for _ in range(2)]
+    assert torch.equal(runs[0].coefficients, runs[1].coefficients)  # same seed, same batches, same result
+    start = str(runs[0].initial_coefficients.tolist())
+    same_start = run_cli("fit", *quick, "--model.init_coefficients", start).model
+    other_order = run_cli("fit", *quick, "--model.init_coefficients", start, "--seed_everything", "7").model
+    assert torch.equal(same_start.coefficients, runs[0].coefficients)
+    assert not torch.equal(other_order.coefficients, runs[0].coefficients)  # another seed, another order
