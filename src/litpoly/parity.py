@@ -220,6 +220,7 @@ class ParityCheck(L.Callback):
         self.every_n_steps = every_n_steps
         self.max_point_steps = max_point_steps
         self.report: ParityReport | None = None
+        self._active = False  # this run is being recorded (enabled and comparable)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._pending: torch.Tensor | None = None
@@ -246,14 +247,15 @@ class ParityCheck(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.report, self._batch, self._records = None, None, []
-        if self.enabled and (reason := self._skip_reason(trainer, pl_module)) is not None:
+        reason = self._skip_reason(trainer, pl_module) if self.enabled else None
+        if reason is not None:
             say(f"Parity check skipped: {reason}.")
-            self.enabled = False
+        self._active = self.enabled and reason is None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.enabled:
+        if not self._active:
             return
         if self._batch is None:
             self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
@@ -265,12 +267,12 @@ class ParityCheck(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.enabled and self._pending is not None and isinstance(outputs, dict):
+        if self._active and self._pending is not None and isinstance(outputs, dict):
             self._records.append((trainer.global_step - 1, outputs["sse"], self._pending))
             self._pending = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or self._batch is None or not self._records:
+        if not self._active or self._batch is None or not self._records:
             return
         assert isinstance(pl_module, PolynomialRegressor)
         optimizer = trainer.optimizers[0]
