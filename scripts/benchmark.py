@@ -68,6 +68,7 @@ QUICK_SIZES = [500, 2000]
 MEMORY_PROBE_FLAG = "--memory_probe"
 SEED_SIZE = 2000  # the seed's number of points, for which its learning rates were chosen
 LABELS = {"sgd": "SGD", "rmsprop": "RMSprop"}
+OPTIMIZERS: tuple[Optimizer, ...] = ("sgd", "rmsprop")
 
 Kind = Literal["numpy", "raw", "bare", "litpoly"]
 
@@ -556,7 +557,7 @@ def benchmark(
     report = {
         "machine": machine,
         "settings": {
-            "lr": {str(size): {o: learning_rate(o, size) for o in LABELS} for size in sizes},
+            "lr": {str(size): {o: learning_rate(o, size) for o in OPTIMIZERS} for size in sizes},
             "w0": seed_start(),
             "dtype": "float32 (numpy: float64)",
             "per_step": "(t(2N) - t(N)) / N, median over repeats; fixed_s: 2 t(N) - t(2N)",
