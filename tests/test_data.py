@@ -24,6 +24,12 @@ def test_held_out_points_are_the_midpoints() -> None:
     assert dm.eval_x.tolist() == [0.125, 0.375, 0.625, 0.875]
     # None of them is a training point.
     assert not set(dm.eval_x.tolist()) & set(dm.train_x.tolist())
+    # Capped: an evenly spread subset of the midpoints, both ends included.
+    full = SineDataModule(num_samples=1001, x_min=0.0, x_max=1.0).eval_x
+    capped = SineDataModule(num_samples=1001, x_min=0.0, x_max=1.0, max_eval_samples=5).eval_x
+    assert len(full) == 1000 and len(capped) == 5 and set(capped.tolist()) <= set(full.tolist())
+    assert capped[0] == full[0] and capped[-1] == full[-1]
+    assert torch.diff(capped).max() - torch.diff(capped).min() <= 1.01 * (full[1] - full[0])
 
 
 def test_outside_a_trainer_batches_are_float32_cpu() -> None:
