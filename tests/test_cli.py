@@ -138,6 +138,8 @@ BAD_INPUT = [
     (["--model.lr", "0"], "model.lr", "positive"),
     (["--model.lr=-1e-3"], "model.lr", "positive"),
     (["--data.num_samples", "3"], "data.num_samples", ">= `model.degree` + 1 = 4"),
+    (["--data.num_samples", "2", "--model.degree", "1"], "data.num_samples", ">= 3"),
+    (["--data.max_eval_samples", "1"], "data.max_eval_samples", ">= 2"),
     (["--model.degree", "5", "--data.num_samples", "5"], "data.num_samples", "= 6"),
     (["--data.x_min", "2", "--data.x_max", "1"], "data.x_min", "<"),
     (["--data.x_min", "1", "--data.x_max", "1"], "data.x_min", "<"),

@@ -28,6 +28,17 @@ def test_degree_sets_the_number_of_coefficients() -> None:
     torch.testing.assert_close(quadratic(torch.tensor([2.0])), torch.tensor([-3.0]))
 
 
+def test_a_constant_trains_to_the_mean(tmp_path: object) -> None:
+    """Degree 0: the empty matrix of powers still trains (the optimum is the mean of y, 0 for sin)."""
+    model = PolynomialRegressor(degree=0, optimizer="rmsprop", init_coefficients=[0.5])
+    trainer = L.Trainer(
+        max_steps=800, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, SineDataModule())
+    assert abs(model.coefficients.item()) < 5e-3
+
+
 def test_random_init_follows_the_seed_and_is_kept() -> None:
     torch.manual_seed(7)
     first = PolynomialRegressor()

@@ -245,3 +245,20 @@ def test_ddp_on_two_processes_ends_where_one_process_does(tmp_path: Path, precis
     assert [s for s, _ in printed_one] == [s for s, _ in printed_two] == [str(t) for t in range(99, 1000, 100)]
     for (_, a), (_, b) in zip(printed_one, printed_two, strict=True):  # the printed loss is the total, not a shard's
         assert float(b) == pytest.approx(float(a), rel=1e-5 if precision == "32-true" else 1e-12)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path) -> None:
+    """SIGTERM usually reaches only the process Lightning launched the others from: all must stop together."""
+    args = train("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                 "--trainer.max_steps", "200000", "--console.every_n_steps", "100")  # fmt: skip
+    process = start_and_signal(args, tmp_path, 299, signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    stops = [line for line in err.splitlines() if line.startswith("SIGTERM: stopped after step")]
+    assert len(stops) == 1, err[-2000:]  # one process says why
+    step, coefficients, _ = final_state(last_checkpoint(tmp_path, 0))
+    assert 299 < step < 200000 and torch.isfinite(coefficients).all()

@@ -21,6 +21,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly.callbacks import PredictionWriter, SeedReport
 from litpoly.dashboard import TensorBoardReport
@@ -208,5 +209,10 @@ def cli_main(args: list[str] | None = None) -> LitPolyCLI:
     except ArgumentError as error:
         fail(str(error))
     except TrainingStopped as stop:  # diverged (exit 1) or interrupted (exit 128 + signal number)
-        print(f"error: {stop}" if stop.exit_code == 1 else str(stop), file=sys.stderr, flush=True)
+        _tell(f"error: {stop}" if stop.exit_code == 1 else str(stop))  # under DDP every process stops, one says why
         raise SystemExit(stop.exit_code) from None
+
+
+@rank_zero_only
+def _tell(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -105,6 +105,10 @@ class SineDataModule(L.LightningDataModule):
         max_eval_samples: PositiveInt = 100_000,
     ) -> None:
         super().__init__()
+        if num_samples < 3:
+            raise ValueError(f"Expected `data.num_samples` >= 3 (R² needs 2 held-out midpoints), got {num_samples}")
+        if max_eval_samples < 2:
+            raise ValueError(f"Expected `data.max_eval_samples` >= 2 (R² needs 2 points), got {max_eval_samples}")
         if not (math.isfinite(x_min) and math.isfinite(x_max) and x_min < x_max):
             raise ValueError(f"Expected `data.x_min` < `data.x_max` (both finite), got {x_min} and {x_max}")
         self.save_hyperparameters()

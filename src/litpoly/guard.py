@@ -170,13 +170,18 @@ class RunGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
+        # a process stopping alone would leave the others waiting in the next gradient all-reduce,
+        # and a signal often reaches one process only (SIGTERM to the launcher).
+        agree = trainer.strategy.reduce_boolean_decision if trainer.world_size > 1 else (lambda d, all: d)
         if self.check_finite and isinstance(pl_module, PolynomialRegressor) and isinstance(outputs, dict):
             loss = outputs["sse"]
             # The loss of this step and the coefficients it produced, in one number and one sync: a
             # NaN or inf anywhere makes the sum non-finite.
-            if not math.isfinite(float(loss + pl_module.coefficients.detach().sum())):
+            finite = math.isfinite(float(loss + pl_module.coefficients.detach().sum()))
+            if agree(not finite, all=False):
                 self._diverged(trainer, pl_module, float(loss))
-        if self._signal is not None:
+        if agree(self._signal is not None, all=False):
             self._interrupted(trainer)
 
     def _diverged(self, trainer: L.Trainer, pl_module: PolynomialRegressor, loss: float) -> None:
@@ -194,8 +199,8 @@ class RunGuard(L.Callback):
         raise TrainingStopped(f"training diverged at step {step}: {what} ({settings}).{kept}", exit_code=1)
 
     def _interrupted(self, trainer: L.Trainer) -> None:
-        signum, step = self._signal, trainer.global_step
-        assert signum is not None
+        signum = self._signal if self._signal is not None else signal.SIGTERM  # another process got it
+        step = trainer.global_step
         path = self._save_last(trainer)
         name = signal.Signals(signum).name
         if path is None:

@@ -116,8 +116,9 @@ class PolynomialRegressor(L.LightningModule):
         """
         w = self.coefficients
         if torch.is_grad_enabled():
-            # addmv fuses the constant term into the product, as nn.Linear's addmm does its bias.
-            return torch.addmv(w[0], self.powers(x), w[1:])
+            # addmv fuses the constant term into the product, as nn.Linear's addmm does its bias
+            # (expanded to a vector: autograd refuses a 0-d term with degree 0's empty matrix).
+            return torch.addmv(w[0].expand(x.shape[0]), self.powers(x), w[1:])
         y = torch.empty_like(x).fill_(w[-1])
         for c in w.flip(0)[1:]:
             y.mul_(x).add_(c)
