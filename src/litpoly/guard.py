@@ -126,6 +126,7 @@ class RunGuard(L.Callback):
     def __init__(self, check_finite: bool = True) -> None:
         self.check_finite = check_finite
         self._signal: int | None = None
+        self._limit: float | None = None  # SGD's stability limit for this run, computed once at train start
         self._previous_handlers: dict[int, Any] = {}
 
     # -- where checkpoints go --------------------------------------------------------------
@@ -158,7 +159,7 @@ class RunGuard(L.Callback):
     # -- before training: the SGD stability limit -------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_signal_handlers()
-        limit = self._stability_limit(trainer, pl_module)
+        self._limit = limit = self._stability_limit(trainer, pl_module)
         if limit is not None and isinstance(pl_module, PolynomialRegressor) and pl_module.lr >= limit:
             say(
                 f"Warning: SGD lr {pl_module.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
@@ -187,7 +188,7 @@ class RunGuard(L.Callback):
     def _diverged(self, trainer: L.Trainer, pl_module: PolynomialRegressor, loss: float) -> None:
         step = trainer.global_step - 1
         what = f"the loss is {loss}" if not math.isfinite(loss) else "the coefficients are no longer finite"
-        limit = self._stability_limit(trainer, pl_module)
+        limit = self._limit
         advice = f"; SGD is stable only for lr < {limit:.3g} on this data" if limit is not None else ""
         last = self.last_checkpoint(trainer)
         kept = (
