@@ -1,8 +1,9 @@
-"""Callbacks that give a run the seed notebook's console output and write predictions to the run folder."""
+"""Callbacks that give a run the seed notebook's console output, a cheap progress bar, and write predictions."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 
@@ -59,6 +61,42 @@ class SeedReport(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(pl_module, PolynomialRegressor):
             say(f"Result: {format_polynomial(list(pl_module.coefficient_dict().values()))}")
+
+
+class TimedProgressBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar, redrawn at most every ``min_interval`` seconds during training.
+
+    A redraw (format the bar, gather the metrics, write to the terminal) costs ~0.3 ms here, five raw
+    2000-point steps. Lightning's ``refresh_rate`` counts steps, and no step count suits every run: 20 steps
+    are 8 ms at 2000 points and 2 s at 20 million. The eye needs a redraw every tenth of a second or so,
+    whatever the step costs; this bar redraws then, and always at the last step.
+
+    During ``fit`` it shows no bar for validation: that is one batch every 100 steps, and its bar would
+    flash for a millisecond at the cost of ~0.3 ms (``validate`` keeps its bar).
+
+    Args:
+        min_interval: Seconds between two redraws of the training bar.
+    """
+
+    def __init__(self, min_interval: float = 0.1) -> None:
+        super().__init__(refresh_rate=1)
+        self.min_interval = min_interval
+        self._next_redraw = 0.0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.monotonic()
+        # The bar's total is this epoch's number of batches (`total_train_batches` counts down as training goes).
+        last = batch_idx + 1 >= self.train_progress_bar.total or trainer.global_step >= trainer.max_steps
+        if now >= self._next_redraw or last:
+            self._next_redraw = now + self.min_interval
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        if self.trainer.state.fn == "fit":
+            return Tqdm(disable=True)
+        return super().init_validation_tqdm()
 
 
 class PredictionWriter(BasePredictionWriter):

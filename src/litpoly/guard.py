@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+from functools import cached_property
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -116,6 +117,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
 
 
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, with its ``state_key`` computed once instead of at every hook call.
+
+    Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, six times a step;
+    ``ModelCheckpoint`` builds that string anew from its settings each time, ~10 µs a step here. The
+    settings do not change after ``__init__``, so neither does the key. Every setting is ``ModelCheckpoint``'s.
+    """
+
+    @cached_property
+    def state_key(self) -> str:
+        return super().state_key
+
+
 class RunGuard(L.Callback):
     """Stops diverged runs at once, interrupts cleanly on SIGINT/SIGTERM, and saves the final state.
 
@@ -171,18 +185,23 @@ class RunGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
-        # a process stopping alone would leave the others waiting in the next gradient all-reduce,
-        # and a signal often reaches one process only (SIGTERM to the launcher).
-        agree = trainer.strategy.reduce_boolean_decision if trainer.world_size > 1 else (lambda d, all: d)
-        if self.check_finite and isinstance(pl_module, PolynomialRegressor) and isinstance(outputs, dict):
-            loss = outputs["sse"]
+        # Runs after every step, so it is kept to one device sync and ~3 µs (a raw 2000-point step: 65 µs).
+        diverged = False
+        if self.check_finite and isinstance(outputs, dict) and isinstance(pl_module, PolynomialRegressor):
             # The loss of this step and the coefficients it produced, in one number and one sync: a
             # NaN or inf anywhere makes the sum non-finite.
-            finite = math.isfinite(float(loss + pl_module.coefficients.detach().sum()))
-            if agree(not finite, all=False):
-                self._diverged(trainer, pl_module, float(loss))
-        if agree(self._signal is not None, all=False):
+            diverged = not math.isfinite(float(outputs["sse"] + pl_module.coefficients.detach().sum()))
+        interrupted = self._signal is not None
+        if trainer.world_size > 1:
+            # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
+            # a process stopping alone would leave the others waiting in the next gradient all-reduce,
+            # and a signal often reaches one process only (SIGTERM to the launcher).
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+            interrupted = trainer.strategy.reduce_boolean_decision(interrupted, all=False)
+        if diverged:
+            assert isinstance(pl_module, PolynomialRegressor) and isinstance(outputs, dict)
+            self._diverged(trainer, pl_module, float(outputs["sse"]))
+        if interrupted:
             self._interrupted(trainer)
 
     def _diverged(self, trainer: L.Trainer, pl_module: PolynomialRegressor, loss: float) -> None:
