@@ -1,11 +1,14 @@
 """Benchmark: what litpoly costs per optimizer step, and in memory, against numpy, raw PyTorch and bare Lightning.
 
-Four contestants train the same cubic on the same points from the same start:
+Five contestants train the same cubic on the same points from the same start:
 
 - ``numpy``: the seed's manual-gradient loop (``litpoly.reference.run``, SGD, float64);
 - ``raw``: the seed's ``torch.nn`` + optimizer cell (``litpoly.baselines.nn_loop``), SGD and RMSprop;
 - ``bare``: ``PolynomialRegressor`` + ``SineDataModule`` under a Trainer with everything optional switched
   off (no logger, progress bar, checkpoint, model summary or validation): Lightning's own floor;
+- ``bare-null``: the same, with litpoly's ``NullProfiler`` in place of Lightning's default no-op profiler
+  (litpoly uses it too): ``litpoly / bare-null`` is what litpoly's own features cost. Run up to 2 million
+  points only: beyond, a few microseconds a step are lost in the noise of a 100 ms step;
 - ``litpoly``: litpoly's real ``fit`` command with its defaults (progress bar, TensorBoard, validation every
   100 steps, checkpoints, the parity check), called in-process through ``cli_main`` with stdout sent to
   ``os.devnull``.
@@ -61,6 +64,7 @@ from litpoly.baselines import nn_loop
 from litpoly.cli import DEFAULT_SEED, TRAINER_DEFAULTS, cli_main, quiet_irrelevant_messages
 from litpoly.model import DEFAULT_LR, Optimizer
 from litpoly.parity import ParityCheck
+from litpoly.profiler import NullProfiler
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = [2000, 200_000, 20_000_000]
@@ -70,18 +74,23 @@ SEED_SIZE = 2000  # the seed's number of points, for which its learning rates we
 LABELS = {"sgd": "SGD", "rmsprop": "RMSprop"}
 OPTIMIZERS: tuple[Optimizer, ...] = ("sgd", "rmsprop")
 
-Kind = Literal["numpy", "raw", "bare", "litpoly"]
+Kind = Literal["numpy", "raw", "bare", "bare-null", "litpoly"]
 
 #: Run order within a repeat. numpy has SGD only: the reference's RMSprop is not the seed's.
 CONTESTANTS: list[tuple[Kind, Optimizer]] = [
     ("numpy", "sgd"),
     ("raw", "sgd"),
     ("bare", "sgd"),
+    ("bare-null", "sgd"),
     ("litpoly", "sgd"),
     ("raw", "rmsprop"),
     ("bare", "rmsprop"),
+    ("bare-null", "rmsprop"),
     ("litpoly", "rmsprop"),
 ]
+
+#: Sizes above this run no ``bare-null``.
+BARE_NULL_MAX_SIZE = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -137,11 +146,11 @@ def make_runner(kind: Kind, optimizer: Optimizer, problem: Problem, root: Path) 
     def raw_run(steps: int) -> None:
         nn_loop(optimizer, p.x, p.y, p.w0, lr, steps, record_every=steps + 1)  # ends with .item(): a device sync
 
-    def bare_run(steps: int) -> None:
+    def bare_run(steps: int, profiler: NullProfiler | None = None) -> None:
         trainer = L.Trainer(
             max_steps=steps, accelerator="gpu" if on_gpu else "cpu", devices=1, logger=False,
             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-            limit_val_batches=0, num_sanity_val_steps=0,
+            limit_val_batches=0, num_sanity_val_steps=0, profiler=profiler,
         )  # fmt: skip
         model = PolynomialRegressor(optimizer=optimizer, lr=lr, init_coefficients=p.w0)
         trainer.fit(model, SineDataModule(num_samples=p.size))
@@ -165,7 +174,11 @@ def make_runner(kind: Kind, optimizer: Optimizer, problem: Problem, root: Path) 
             except SystemExit as stop:  # litpoly's exit on a bad setting or a diverged run: a benchmark bug
                 raise RuntimeError(f"litpoly {' '.join(args)} exited with status {stop.code}") from None
 
-    return {"numpy": numpy_run, "raw": raw_run, "bare": bare_run, "litpoly": litpoly_run}[kind]
+    def bare_null_run(steps: int) -> None:
+        bare_run(steps, NullProfiler())
+
+    runners = {"numpy": numpy_run, "raw": raw_run, "bare": bare_run, "bare-null": bare_null_run, "litpoly": litpoly_run}
+    return runners[kind]
 
 
 def timed(run: Callable[[int], None], steps: int, device: torch.device) -> float:
@@ -352,7 +365,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def add_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Fill in each row's ratios to raw PyTorch (same optimizer) and litpoly's to bare; return the summary."""
+    """Fill in each row's ratios to raw PyTorch (same optimizer) and litpoly's to bare; return the summary.
+
+    ``litpoly/bare`` is the issue's measure: litpoly's step against Lightning's floor as Lightning ships it.
+    ``litpoly/bare-null`` (where run) leaves out what litpoly's profiler saves: the cost of its features alone.
+    """
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
@@ -360,13 +377,17 @@ def add_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | N
     for row in rows.values():
         raw = rows.get(f"raw/{row['optimizer']}", {})
         bare = rows.get(f"bare/{row['optimizer']}", {})
+        bare_null = rows.get(f"bare-null/{row['optimizer']}", {})
+        is_litpoly = row["kind"] == "litpoly"
         row["ratio_to_raw"] = ratio(row["step_ms"], raw.get("step_ms"))
         row["memory_ratio_to_raw"] = ratio(row["memory_mib"], raw.get("memory_mib"))
-        row["ratio_to_bare"] = ratio(row["step_ms"], bare.get("step_ms")) if row["kind"] == "litpoly" else None
+        row["ratio_to_bare"] = ratio(row["step_ms"], bare.get("step_ms")) if is_litpoly else None
+        row["ratio_to_bare_null"] = ratio(row["step_ms"], bare_null.get("step_ms")) if is_litpoly else None
     return {
         optimizer: {
             "litpoly/raw": rows[f"litpoly/{optimizer}"]["ratio_to_raw"],
             "litpoly/bare": rows[f"litpoly/{optimizer}"]["ratio_to_bare"],
+            "litpoly/bare-null": rows[f"litpoly/{optimizer}"]["ratio_to_bare_null"],
         }
         for optimizer in ("sgd", "rmsprop")
         if f"litpoly/{optimizer}" in rows
@@ -416,6 +437,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         parts = [
             f"{LABELS[optimizer]} litpoly/raw {_cell(ratios['litpoly/raw'], '.3g', 'x')}"
             f" litpoly/bare {_cell(ratios['litpoly/bare'], '.3g', 'x')}"
+            f" litpoly/bare-null {_cell(ratios['litpoly/bare-null'], '.3g', 'x')}"
             for optimizer, ratios in result["summary"].items()
         ]
         print(f"{result['size']} points (N={result['steps']}, {result['repeats']} repeats): " + "; ".join(parts))
@@ -494,7 +516,8 @@ def benchmark(
             problem = Problem.build(size, dev)
             if (lr := learning_rate("sgd", size)) != DEFAULT_LR["sgd"]:
                 notes.append(f"SGD lr {lr:.3g} (the seed's {DEFAULT_LR['sgd']:g} x 2000/{size}: 1e-6 diverges here)")
-            runners = {contestant_name(k, o): make_runner(k, o, problem, root) for k, o in contestants}
+            in_race = [(k, o) for k, o in contestants if k != "bare-null" or size <= BARE_NULL_MAX_SIZE]
+            runners = {contestant_name(k, o): make_runner(k, o, problem, root) for k, o in in_race}
             print(f"\n{size} points: N={n} and 2N={2 * n} steps, {r} repeats", flush=True)
             # One-time costs (lazy imports, first allocations) belong to no step: pay them before timing.
             if index == 0 or dev.type == "cuda":
@@ -515,7 +538,7 @@ def benchmark(
                     flush=True,
                 )
             rows: dict[str, dict[str, Any]] = {}
-            for kind, optimizer in contestants:
+            for kind, optimizer in in_race:
                 name = contestant_name(kind, optimizer)
                 memory_mib, method = measure_memory(name, size, n, dev)
                 rows[name] = {

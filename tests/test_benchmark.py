@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-CONTESTANTS = {"numpy/sgd", "raw/sgd", "raw/rmsprop", "bare/sgd", "bare/rmsprop", "litpoly/sgd", "litpoly/rmsprop"}
+CONTESTANTS = {"numpy/sgd", "raw/sgd", "raw/rmsprop", "bare/sgd", "bare/rmsprop", "bare-null/sgd", "bare-null/rmsprop"}
+CONTESTANTS |= {"litpoly/sgd", "litpoly/rmsprop"}
 
 
 def positive(value: object) -> bool:
@@ -51,12 +52,17 @@ def test_quick_benchmark_writes_consistent_json(tmp_path: Path) -> None:
             if raw["memory_mib"] > 0:
                 assert row["memory_ratio_to_raw"] == pytest.approx(row["memory_mib"] / raw["memory_mib"], rel=1e-12)
             if row["kind"] == "litpoly":
-                bare = rows[f"bare/{row['optimizer']}"]
+                bare, bare_null = rows[f"bare/{row['optimizer']}"], rows[f"bare-null/{row['optimizer']}"]
                 assert row["ratio_to_bare"] == pytest.approx(row["step_ms"] / bare["step_ms"], rel=1e-12)
+                assert row["ratio_to_bare_null"] == pytest.approx(row["step_ms"] / bare_null["step_ms"], rel=1e-12)
                 summary = size_result["summary"][row["optimizer"]]
-                assert summary == {"litpoly/raw": row["ratio_to_raw"], "litpoly/bare": row["ratio_to_bare"]}
+                assert summary == {
+                    "litpoly/raw": row["ratio_to_raw"],
+                    "litpoly/bare": row["ratio_to_bare"],
+                    "litpoly/bare-null": row["ratio_to_bare_null"],
+                }
             else:
-                assert row["ratio_to_bare"] is None
+                assert row["ratio_to_bare"] is None and row["ratio_to_bare_null"] is None
         assert rows["raw/sgd"]["ratio_to_raw"] == 1.0 and rows["raw/rmsprop"]["ratio_to_raw"] == 1.0
     # The table and the summary lines are printed too.
     assert "litpoly/raw" in result.stdout and "start-up over import lightning" in result.stdout
