@@ -25,6 +25,11 @@ Peak memory is what one run adds to its process: each contestant runs once in a 
 script with a hidden ``--memory_probe`` flag), which builds the data, then reads the resident set size before
 the run and its peak after (``torch.cuda.max_memory_allocated`` on a GPU).
 
+At the seed's 2000 points it then breaks litpoly's step down: it times ``fit`` again with each of its parts
+switched off in turn (TensorBoard, the figure, validation, checkpoints, the bar, the parity check, the console
+lines) and prints what each costs per step; and with Lightning's own no-op profiler put back, what litpoly's
+``NullProfiler`` saves.
+
 It also times the start-up of ``python scripts/train.py fit`` against ``python -c "import lightning"``::
 
     python scripts/benchmark.py                                  # about 15 minutes on 2 CPU cores
@@ -92,6 +97,20 @@ CONTESTANTS: list[tuple[Kind, Optimizer]] = [
 #: Sizes above this run no ``bare-null``.
 BARE_NULL_MAX_SIZE = 2_000_000
 
+#: The breakdown (at the seed's 2000 points, SGD): each entry switches one part of litpoly's default ``fit`` off,
+#: and its cost is the step time that saves. The profiler entry goes the other way: it puts Lightning's own
+#: no-op profiler back, so its "cost" is negative, what litpoly's NullProfiler saves.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "TensorBoard (logger, scalars, figure)": ("--trainer.logger", "false"),
+    "  of which the fit figure": ("--tensorboard.figure", "false"),
+    "validation every 100 steps": ("--trainer.val_check_interval", str(10**9)),
+    "checkpoints (every 500 steps, last)": ("--trainer.enable_checkpointing", "false"),
+    "progress bar": ("--trainer.enable_progress_bar", "false"),
+    "parity check (numpy replay at the end)": ("--parity.enabled", "false"),
+    "console lines (every 100 steps)": ("--console.every_n_steps", str(10**9)),
+    "NullProfiler (negative: what it saves)": ("--trainer.profiler", "lightning.pytorch.profilers.PassThroughProfiler"),
+}
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -134,8 +153,13 @@ def contestant_name(kind: Kind, optimizer: Optimizer) -> str:
     return f"{kind}/{optimizer}"
 
 
-def make_runner(kind: Kind, optimizer: Optimizer, problem: Problem, root: Path) -> Callable[[int], None]:
-    """A function that trains ``kind`` with ``optimizer`` for a given number of steps, from start-up to the end."""
+def make_runner(
+    kind: Kind, optimizer: Optimizer, problem: Problem, root: Path, extra: tuple[str, ...] = ()
+) -> Callable[[int], None]:
+    """A function that trains ``kind`` with ``optimizer`` for a given number of steps, from start-up to the end.
+
+    ``extra``: more ``fit`` flags for litpoly (the breakdown switches features off with them).
+    """
     lr = learning_rate(optimizer, problem.size)
     on_gpu = problem.device.type == "cuda"
     p = problem
@@ -156,12 +180,15 @@ def make_runner(kind: Kind, optimizer: Optimizer, problem: Problem, root: Path) 
         trainer.fit(model, SineDataModule(num_samples=p.size))
 
     def litpoly_run(steps: int) -> None:
+        # A fresh folder per run: without a logger, LightningCLI writes config.yaml straight into it.
+        folder = tempfile.mkdtemp(dir=root)
         args = ["fit", "--trainer.max_steps", str(steps), "--model.optimizer", optimizer]
-        args += ["--data.num_samples", str(p.size), "--trainer.default_root_dir", str(root)]
+        args += ["--data.num_samples", str(p.size), "--trainer.default_root_dir", folder]
         if lr != DEFAULT_LR[optimizer]:
             args += ["--model.lr", repr(lr)]
         if on_gpu:
             args += ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
+        args += extra
         # The progress bar and the console lines still run; they write to /dev/null. LightningCLI warns when
         # sys.argv holds this script's own flags besides `args`, hence the plain argv.
         with (
@@ -198,12 +225,13 @@ def default_steps(size: int) -> int:
 
     Measured on 2 CPU cores: a raw step costs ~0.06 ms at 2000 points, ~0.5 ms at 200 000 and ~100 ms at 20
     million, where litpoly's start-up alone takes 7–12 s, give or take 3 s from run to run: N=10 drowns in that.
-    N=60 at 20 million also keeps litpoly's parity check skipped at N and 2N steps, as in any real run there.
+    N=250 at 200 000 points keeps litpoly's parity check running at N and 2N steps (2N · size ≤ 1e8), as in a
+    real run there; N=60 at 20 million keeps it skipped at both.
     """
     if size <= 20_000:
         return 1000
     if size <= 2_000_000:
-        return 100
+        return 250
     return 60
 
 
@@ -236,6 +264,43 @@ def fit_steps_to_parity_limit(size: int, steps: int) -> int:
     if size * steps <= limit < 2 * size * steps:
         return max(1, limit // (2 * size))
     return steps
+
+
+def measure_breakdown(problem: Problem, root: Path, steps: int, repeats: int) -> dict[str, Any]:
+    """What each part of litpoly's default ``fit`` (SGD) costs per step: the full fit, then with that part off.
+
+    Timed like the contestants ((t(2N) − t(N)) / N, alternated, medians); a cost is the full fit's median step
+    minus the median step without that part, so a cost below the noise (~0.01 ms here) can come out negative.
+    """
+    runners = {"full": make_runner("litpoly", "sgd", problem, root)}
+    runners |= {name: make_runner("litpoly", "sgd", problem, root, flags) for name, flags in FEATURES.items()}
+    per_step: dict[str, list[float]] = {name: [] for name in runners}
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        for name, run in runners.items():
+            t1, t2 = timed(run, steps, problem.device), timed(run, 2 * steps, problem.device)
+            per_step[name].append((t2 - t1) / steps)
+        print(f"  breakdown repeat {repeat + 1}/{repeats}: {time.perf_counter() - started:.1f} s", flush=True)
+    full = statistics.median(per_step["full"])
+    return {
+        "size": problem.size,
+        "steps": steps,
+        "repeats": repeats,
+        "full_step_ms": 1e3 * full,
+        "cost_ms": {name: 1e3 * (full - statistics.median(samples)) for name, samples in per_step.items()
+                    if name != "full"},
+    }  # fmt: skip
+
+
+def print_breakdown(breakdown: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    rows = next(r["contestants"] for r in results if r["size"] == breakdown["size"])
+    bare = rows["bare/sgd"]["step_ms"]
+    print(
+        f"\nWhat each part of litpoly's fit costs per step at {breakdown['size']} points, SGD (litpoly's step "
+        f"{breakdown['full_step_ms']:.3f} ms; bare Lightning's {bare:.3f} ms):"
+    )
+    for name, cost in breakdown["cost_ms"].items():
+        print(f"  {name:<42} {1e3 * cost:7.1f} µs  {100 * cost / bare:6.1f}% of bare")
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -465,6 +530,7 @@ def benchmark(
     out: Path = Path("lightning_logs/benchmark.json"),
     quick: bool = False,
     startup_repeats: int | None = None,
+    breakdown: bool = True,
 ) -> None:
     """Time litpoly's training step against numpy, raw PyTorch and bare Lightning, and measure peak memory.
 
@@ -473,12 +539,14 @@ def benchmark(
             (with --quick: [500, 2000]).
         repeats: Repeats per size; the medians are reported. Default: 5, or 3 above 2 million points
             (with --quick: 3).
-        steps: N, the shorter of the two run lengths (N and 2N). Default: 1000 up to 20 000 points, 100 up to
-            2 million, 10 beyond (with --quick: 200).
+        steps: N, the shorter of the two run lengths (N and 2N). Default: 1000 up to 20 000 points, 250 up to
+            2 million, 60 beyond (with --quick: 200).
         device: cpu, cuda, or auto (cuda when available). On cuda numpy is not run.
         out: Where to write the JSON results (the parent folder is created).
         quick: A smoke run in about a minute: tiny sizes, steps and repeats.
         startup_repeats: Runs of each start-up command; the median is reported. Default: 3 (with --quick: 1).
+        breakdown: At 2000 points (when among the sizes), also time litpoly's fit with each of its parts
+            switched off in turn, and print what each part costs per step.
     """
     began = time.perf_counter()
     quiet()
@@ -503,6 +571,7 @@ def benchmark(
     )
 
     results: list[dict[str, Any]] = []
+    cost_of_parts: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for index, size in enumerate(sizes):
@@ -564,6 +633,8 @@ def benchmark(
                 }
             )
             print(f"  memory probes done ({len(rows)} fresh processes)", flush=True)
+            if breakdown and size == SEED_SIZE:
+                cost_of_parts = measure_breakdown(problem, root, n, 1 if quick else r)
 
     print("\nStart-up, each in a fresh process:", flush=True)
     startup = measure_startup(startup_repeats or (1 if quick else 3))
@@ -571,6 +642,8 @@ def benchmark(
 
     print()
     print_table(results)
+    if cost_of_parts is not None:
+        print_breakdown(cost_of_parts, results)
     print(
         f"\nStart-up (median of {startup_repeats or (1 if quick else 3)}): "
         f"python -c 'import lightning' {startup['import_lightning_s']:.2f} s; "
@@ -587,6 +660,7 @@ def benchmark(
         },
         "startup": startup,
         "results": results,
+        "breakdown": cost_of_parts,
         "total_wall_s": time.perf_counter() - began,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,5 +64,12 @@ def test_quick_benchmark_writes_consistent_json(tmp_path: Path) -> None:
             else:
                 assert row["ratio_to_bare"] is None and row["ratio_to_bare_null"] is None
         assert rows["raw/sgd"]["ratio_to_raw"] == 1.0 and rows["raw/rmsprop"]["ratio_to_raw"] == 1.0
+    # The breakdown at 2000 points: every part timed, each cost a finite number of milliseconds.
+    breakdown = report["breakdown"]
+    assert breakdown["size"] == 2000 and positive(breakdown["full_step_ms"])
+    parts = set(breakdown["cost_ms"])
+    assert {"progress bar", "validation every 100 steps", "checkpoints (every 500 steps, last)"} <= parts
+    assert all(math.isfinite(cost) for cost in breakdown["cost_ms"].values())
+    assert "What each part of litpoly's fit costs per step at 2000 points" in result.stdout
     # The table and the summary lines are printed too.
     assert "litpoly/raw" in result.stdout and "start-up over import lightning" in result.stdout

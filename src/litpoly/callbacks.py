@@ -82,6 +82,7 @@ class TimedProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=1)
         self.min_interval = min_interval
         self._next_redraw = 0.0
+        self._no_bar = Tqdm(disable=True)  # made once: even a disabled tqdm takes ~60 µs to make
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -95,8 +96,16 @@ class TimedProgressBar(TQDMProgressBar):
 
     def init_validation_tqdm(self) -> Tqdm:
         if self.trainer.state.fn == "fit":
-            return Tqdm(disable=True)
+            return self._no_bar
         return super().init_validation_tqdm()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            # No validation bar to close, and no reason to redraw the training bar now: its metrics are
+            # the training loss, which validation does not change. The next timed redraw shows it.
+            self.reset_dataloader_idx_tracker()
+            return
+        super().on_validation_end(trainer, pl_module)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -118,12 +118,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, with its ``state_key`` computed once instead of at every hook call.
+    """Lightning's ``ModelCheckpoint`` with two defaults made for one long epoch, and a cached ``state_key``.
 
-    Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, six times a step;
-    ``ModelCheckpoint`` builds that string anew from its settings each time, ~10 µs a step here. The
-    settings do not change after ``__init__``, so neither does the key. Every setting is ``ModelCheckpoint``'s.
+    - Without a ``monitor``, ``save_on_train_epoch_end`` defaults to true: nothing ties a save to
+      validation then, and Lightning's own choice for this Trainer (validation counted in steps) is to
+      look for a save after every validation, copying all logged metrics each time (~0.5 ms).
+      With a ``monitor``, Lightning's default stays: the metric is fresh after validation.
+    - Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, six times a
+      step; ``ModelCheckpoint`` builds that string anew from its settings each time, ~10 µs a step here.
+      The settings do not change after ``__init__``, so neither does the key.
+
+    Every other setting is ``ModelCheckpoint``'s.
+
+    Args:
+        monitor: Logged metric that ranks checkpoints (e.g. ``val/mse``); ``None`` keeps the latest.
+        save_on_train_epoch_end: Look for a save at the end of the training epoch rather than after each
+            validation. Default: true without a ``monitor``, Lightning's choice with one.
     """
+
+    def __init__(self, monitor: str | None = None, save_on_train_epoch_end: bool | None = None, **kwargs: Any) -> None:
+        if save_on_train_epoch_end is None and monitor is None:
+            save_on_train_epoch_end = True
+        super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
 
     @cached_property
     def state_key(self) -> str:
