@@ -101,6 +101,7 @@ BARE_NULL_MAX_SIZE = 2_000_000
 #: and its cost is the step time that saves. The profiler entry goes the other way: it puts Lightning's own
 #: no-op profiler back, so its "cost" is negative, what litpoly's NullProfiler saves.
 FEATURES: dict[str, tuple[str, ...]] = {
+    "nothing (the full fit again: this row is the noise)": (),
     "TensorBoard (logger, scalars, figure)": ("--trainer.logger", "false"),
     "  of which the fit figure": ("--tensorboard.figure", "false"),
     "validation every 100 steps": ("--trainer.val_check_interval", str(10**9)),
@@ -229,7 +230,7 @@ def default_steps(size: int) -> int:
     real run there; N=60 at 20 million keeps it skipped at both.
     """
     if size <= 20_000:
-        return 1000
+        return 3000  # litpoly's fixed cost per run varies by ±30 ms: ±10 µs a step over N=3000
     if size <= 2_000_000:
         return 250
     return 60
@@ -270,7 +271,8 @@ def measure_breakdown(problem: Problem, root: Path, steps: int, repeats: int) ->
     """What each part of litpoly's default ``fit`` (SGD) costs per step: the full fit, then with that part off.
 
     Timed like the contestants ((t(2N) − t(N)) / N, alternated, medians); a cost is the full fit's median step
-    minus the median step without that part, so a cost below the noise (~0.01 ms here) can come out negative.
+    minus the median step without that part. The first entry runs the full fit again, so its "cost" shows the
+    noise: a part whose cost is within it costs too little to measure here (and may come out negative).
     """
     runners = {"full": make_runner("litpoly", "sgd", problem, root)}
     runners |= {name: make_runner("litpoly", "sgd", problem, root, flags) for name, flags in FEATURES.items()}
@@ -539,7 +541,7 @@ def benchmark(
             (with --quick: [500, 2000]).
         repeats: Repeats per size; the medians are reported. Default: 5, or 3 above 2 million points
             (with --quick: 3).
-        steps: N, the shorter of the two run lengths (N and 2N). Default: 1000 up to 20 000 points, 250 up to
+        steps: N, the shorter of the two run lengths (N and 2N). Default: 3000 up to 20 000 points, 250 up to
             2 million, 60 beyond (with --quick: 200).
         device: cpu, cuda, or auto (cuda when available). On cuda numpy is not run.
         out: Where to write the JSON results (the parent folder is created).
