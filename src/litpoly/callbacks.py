@@ -82,20 +82,21 @@ class TimedProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=1)
         self.min_interval = min_interval
         self._next_redraw = 0.0
-        self._no_bar = Tqdm(disable=True)  # made once: even a disabled tqdm takes ~60 µs to make
+        self._no_bar: Tqdm | None = None  # made once, when first needed: even a disabled tqdm takes ~60 µs
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         now = time.monotonic()
-        # The bar's total is this epoch's number of batches (`total_train_batches` counts down as training goes).
-        last = batch_idx + 1 >= self.train_progress_bar.total or trainer.global_step >= trainer.max_steps
+        last = 0 < trainer.max_steps <= trainer.global_step or batch_idx + 1 >= trainer.num_training_batches
         if now >= self._next_redraw or last:
             self._next_redraw = now + self.min_interval
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def init_validation_tqdm(self) -> Tqdm:
         if self.trainer.state.fn == "fit":
+            if self._no_bar is None:  # (not in __init__: a bar pickled for ddp_spawn loses its tqdm objects)
+                self._no_bar = Tqdm(disable=True)
             return self._no_bar
         return super().init_validation_tqdm()
 

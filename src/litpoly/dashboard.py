@@ -50,8 +50,10 @@ class ThrottledTensorBoardLogger(TensorBoardLogger):
     and after every validation. For TensorBoard that is a flush, which waits for the writer thread to empty
     its queue: about 1 ms, 15 raw 2000-point steps, ~30 µs on every step of the default run. Here ``save()``
     flushes only when ``flush_secs`` have passed since the last flush; TensorBoard's writer thread also
-    flushes on its own every ``flush_secs``, and ``finalize`` (end of run, also after a failure) flushes
-    the rest. So nothing is lost, and a live TensorBoard lags the run by at most ``flush_secs``.
+    flushes on its own every ``flush_secs``, and ``finalize`` (end of run, also after an exception or an
+    interruption) flushes the rest. So nothing is lost, and a live TensorBoard lags the run by at most
+    ``flush_secs`` — except that a process killed outright (SIGKILL, out of memory) loses its last
+    ``flush_secs`` of scalars and images, where Lightning's logger would lose the events since its last log call.
 
     Every other argument is ``TensorBoardLogger``'s. litpoly uses this logger wherever Lightning would
     use its default one; ``--trainer.logger`` picks another.

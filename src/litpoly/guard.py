@@ -118,32 +118,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with two defaults made for one long epoch, and a cached ``state_key``.
+    """Lightning's ``ModelCheckpoint``, with a default made for one long epoch and a cached ``state_key``.
 
-    - Without a ``monitor``, ``save_on_train_epoch_end`` defaults to true: nothing ties a save to
-      validation then, and Lightning's own choice for this Trainer (validation counted in steps) is to
-      look for a save after every validation, copying all logged metrics each time (~0.5 ms).
-      With a ``monitor``, Lightning's default stays: the metric is fresh after validation.
+    - Saving by steps or time (``every_n_train_steps``, ``train_time_interval``) with no ``monitor``,
+      ``save_on_train_epoch_end`` defaults to true: no save is tied to validation then, but for this
+      Trainer (validation counted in steps) Lightning would look for one after every validation,
+      copying all logged metrics each time (~0.5 ms). Otherwise Lightning's default stands (with a
+      ``monitor``, or saving every epoch, the save belongs after validation).
     - Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, six times a
       step; ``ModelCheckpoint`` builds that string anew from its settings each time, ~10 µs a step here.
-      The settings do not change after ``__init__``, so neither does the key.
+      The settings do not change after ``__init__``, so neither does the key. It is ``ModelCheckpoint``'s
+      own key, so checkpoints written with either class restore the other's state.
 
     Every other setting is ``ModelCheckpoint``'s.
 
     Args:
         monitor: Logged metric that ranks checkpoints (e.g. ``val/mse``); ``None`` keeps the latest.
         save_on_train_epoch_end: Look for a save at the end of the training epoch rather than after each
-            validation. Default: true without a ``monitor``, Lightning's choice with one.
+            validation. Default: true when saving by steps or time without a ``monitor``, else Lightning's choice.
     """
 
-    def __init__(self, monitor: str | None = None, save_on_train_epoch_end: bool | None = None, **kwargs: Any) -> None:
-        if save_on_train_epoch_end is None and monitor is None:
-            save_on_train_epoch_end = True
+    def __init__(
+        self, *, monitor: str | None = None, save_on_train_epoch_end: bool | None = None, **kwargs: Any
+    ) -> None:
+        by_steps_or_time = kwargs.get("every_n_train_steps") or kwargs.get("train_time_interval")
+        if save_on_train_epoch_end is None and monitor is None and by_steps_or_time:
+            save_on_train_epoch_end = not kwargs.get("every_n_epochs") or None
         super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
 
     @cached_property
     def state_key(self) -> str:
-        return super().state_key
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
 
 class RunGuard(L.Callback):
