@@ -32,7 +32,7 @@ lines) and prints what each costs per step; and with Lightning's own no-op profi
 
 It also times the start-up of ``python scripts/train.py fit`` against ``python -c "import lightning"``::
 
-    python scripts/benchmark.py                                  # about 15 minutes on 2 CPU cores
+    python scripts/benchmark.py                                  # about 20 minutes on 2 CPU cores
     python scripts/benchmark.py --sizes "[2000]" --repeats 3 --out /tmp/bench.json
     python scripts/benchmark.py --quick                          # a smoke run (the tests use it)
 """
