@@ -301,8 +301,9 @@ def print_breakdown(breakdown: dict[str, Any], results: list[dict[str, Any]]) ->
         f"\nWhat each part of litpoly's fit costs per step at {breakdown['size']} points, SGD (litpoly's step "
         f"{breakdown['full_step_ms']:.3f} ms; bare Lightning's {bare:.3f} ms):"
     )
+    width = max(map(len, breakdown["cost_ms"]))
     for name, cost in breakdown["cost_ms"].items():
-        print(f"  {name:<42} {1e3 * cost:7.1f} µs  {100 * cost / bare:6.1f}% of bare")
+        print(f"  {name:<{width}} {1e3 * cost:7.1f} µs  {100 * cost / bare:6.1f}% of bare")
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -142,8 +142,9 @@ class PeriodicCheckpoint(ModelCheckpoint):
         self, *, monitor: str | None = None, save_on_train_epoch_end: bool | None = None, **kwargs: Any
     ) -> None:
         by_steps_or_time = kwargs.get("every_n_train_steps") or kwargs.get("train_time_interval")
-        if save_on_train_epoch_end is None and monitor is None and by_steps_or_time:
-            save_on_train_epoch_end = not kwargs.get("every_n_epochs") or None
+        by_epochs = kwargs.get("every_n_epochs")
+        if save_on_train_epoch_end is None and monitor is None and by_steps_or_time and not by_epochs:
+            save_on_train_epoch_end = True
         super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
 
     @cached_property
