@@ -64,14 +64,16 @@ import torch
 from jsonargparse import auto_cli
 from torch import Tensor
 
-from litpoly import PolynomialRegressor, SineDataModule, reference
-from litpoly.baselines import nn_loop
-from litpoly.cli import DEFAULT_SEED, TRAINER_DEFAULTS, cli_main, quiet_irrelevant_messages
-from litpoly.model import DEFAULT_LR, Optimizer
-from litpoly.parity import ParityCheck
+from litpoly.cli import DEFAULT_SEED, cli_main, quiet_irrelevant_messages
 from litpoly.profiler import NullProfiler
+from sinefit import PolynomialRegressor, SineDataModule, reference
+from sinefit.baselines import nn_loop
+from sinefit.model import DEFAULT_LR, Optimizer
+from sinefit.parity import ParityCheck
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+VALIDATE_EVERY = 100  # the default config's trainer.val_check_interval
 DEFAULT_SIZES = [2000, 200_000, 20_000_000]
 QUICK_SIZES = [500, 2000]
 MEMORY_PROBE_FLAG = "--memory_probe"
@@ -103,11 +105,11 @@ BARE_NULL_MAX_SIZE = 2_000_000
 FEATURES: dict[str, tuple[str, ...]] = {
     "nothing (the full fit again: this row is the noise)": (),
     "TensorBoard (logger, scalars, figure)": ("--trainer.logger", "false"),
-    "  of which the fit figure": ("--tensorboard.figure", "false"),
+    "  of which the fit figure": ("--model.figure", "false"),
     "validation every 100 steps": ("--trainer.val_check_interval", str(10**9)),
     "checkpoints (every 500 steps, last)": ("--trainer.enable_checkpointing", "false"),
     "progress bar": ("--trainer.enable_progress_bar", "false"),
-    "parity check (numpy replay at the end)": ("--parity.enabled", "false"),
+    "parity check (numpy replay at the end)": ("--model.parity", "false"),
     "console lines (every 100 steps)": ("--console.every_n_steps", str(10**9)),
     "NullProfiler (negative: what it saves)": ("--trainer.profiler", "lightning.pytorch.profilers.PassThroughProfiler"),
 }
@@ -177,7 +179,7 @@ def make_runner(
             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
             limit_val_batches=0, num_sanity_val_steps=0, profiler=profiler,
         )  # fmt: skip
-        model = PolynomialRegressor(optimizer=optimizer, lr=lr, init_coefficients=p.w0)
+        model = PolynomialRegressor(optimizer=optimizer, lr=lr, init_coefficients=p.w0, parity=False, figure=False)
         trainer.fit(model, SineDataModule(num_samples=p.size))
 
     def litpoly_run(steps: int) -> None:
@@ -198,7 +200,7 @@ def make_runner(
             mock.patch.object(sys, "argv", ["train.py"]),
         ):
             try:
-                cli_main(args)
+                cli_main(args, default_config=DEFAULT_CONFIG)
             except SystemExit as stop:  # litpoly's exit on a bad setting or a diverged run: a benchmark bug
                 raise RuntimeError(f"litpoly {' '.join(args)} exited with status {stop.code}") from None
 
@@ -246,7 +248,7 @@ def size_notes(size: int, steps: int, device: torch.device) -> list[str]:
     parity_limit = int(ParityCheck().max_point_steps)
     if size * steps > parity_limit:
         notes.append(f"litpoly skips its parity check here ({size} points x {steps} steps > {parity_limit:g})")
-    every = int(TRAINER_DEFAULTS["val_check_interval"])
+    every = VALIDATE_EVERY
     if steps % every:
         # t(2N) − t(N) holds the validations of steps N+1 … 2N: per step, that is not exactly one every 100 steps.
         extra = 2 * steps // every - steps // every
@@ -393,7 +395,7 @@ def measure_startup(repeats: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {"import_lightning_s": [], "train_fit_1_step_s": []}
     with tempfile.TemporaryDirectory() as root:
         fit_cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "fit", "--trainer.max_steps", "1"]
-        fit_cmd += ["--trainer.enable_progress_bar", "false", "--parity.enabled", "false"]
+        fit_cmd += ["--trainer.enable_progress_bar", "false", "--model.parity", "false"]
         fit_cmd += ["--trainer.default_root_dir", root]
         for _ in range(repeats):  # alternated, like the step timings
             for key, cmd in (("import_lightning_s", import_cmd), ("train_fit_1_step_s", fit_cmd)):

@@ -2,10 +2,10 @@
 
 From the same initial coefficients and the same points, it runs
 
-- the numpy manual-gradient loop (``litpoly.reference``, SGD),
+- the numpy manual-gradient loop (``sinefit.reference``, SGD),
 - the raw PyTorch autograd loop (SGD, the seed's second cell),
 - the raw ``torch.nn`` + RMSprop loop (the seed's third cell),
-- litpoly's Lightning model with SGD and with RMSprop,
+- the example's Lightning model with SGD and with RMSprop,
 
 prints the loss every 100 steps side by side and each run's ``Result: y = …`` line, and saves a
 PNG of the loss curves (log scale) and the fitted curves against sin(x)::
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from jsonargparse import auto_cli
 
-from litpoly import PolynomialRegressor, SineDataModule, reference
-from litpoly.baselines import Curve, autograd_loop, nn_loop
 from litpoly.cli import DEFAULT_SEED, quiet_irrelevant_messages
-from litpoly.model import format_polynomial
+from litpoly.console import step_loss
+from sinefit import PolynomialRegressor, SineDataModule, reference
+from sinefit.baselines import Curve, autograd_loop, nn_loop
+from sinefit.polynomial import format_polynomial
 
 
 class _LossRecorder(L.Callback):
@@ -40,7 +41,9 @@ class _LossRecorder(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         if trainer.global_step % self.every == 0:
             self.steps.append(trainer.global_step - 1)
-            self.losses.append(outputs["sse"].item())
+            loss = step_loss(outputs)
+            assert loss is not None
+            self.losses.append(loss.item())
 
 
 def lightning_run(
@@ -58,7 +61,7 @@ def lightning_run(
         max_steps=steps, precision=precision, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[recorder],
     )  # fmt: skip
-    model = PolynomialRegressor(optimizer=optimizer, lr=lr, init_coefficients=w0)
+    model = PolynomialRegressor(optimizer=optimizer, lr=lr, init_coefficients=w0, parity=False, figure=False)
     trainer.fit(model, SineDataModule(num_samples=num_samples))
     return Curve(recorder.steps, recorder.losses, model.coefficients.tolist())
 

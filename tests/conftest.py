@@ -1,31 +1,131 @@
-"""Shared fixtures: every CLI test runs in its own temporary folder, like a fresh clone."""
+"""Shared fixtures: the two problems the run layer is tested on, and ways to run the command line like a user.
+
+Every CLI test runs in its own temporary folder, like a fresh clone. ``PROBLEMS`` holds the sine example
+(the project's default config) and the two-moons classifier (``tests/twomoons.py``, its own config); the
+run layer's tests are parametrized over both.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from litpoly.cli import LitPolyCLI, cli_main
+from litpoly.cli import LitCLI, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+TRAIN = REPO / "scripts" / "train.py"
 
-RunCLI = Callable[..., LitPolyCLI]
+RunCLI = Callable[..., LitCLI]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem the run layer trains: the flags that choose it, and those of a quick run of it.
+
+    Attributes:
+        name: ``sine`` or ``twomoons``.
+        select: The flags that pick its model and data (none for the default config).
+        quick: A short run: a few seconds, validation and console lines included.
+        steps: How many optimizer steps ``quick`` makes.
+    """
+
+    name: str
+    select: tuple[str, ...]
+    quick: tuple[str, ...]
+    steps: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# fmt: off
+SINE = Problem(
+    "sine",
+    select=(),
+    quick=("--trainer.max_steps", "30", "--trainer.val_check_interval", "10",
+           "--console.every_n_steps", "10", "--trainer.log_every_n_steps", "10"),
+    steps=30,
+)
+# fmt: on
+TWOMOONS = Problem(
+    "twomoons",
+    select=("--config", str(TESTS / "twomoons.yaml")),
+    quick=("--trainer.max_epochs", "3", "--console.every_n_steps", "7", "--trainer.log_every_n_steps", "7"),
+    steps=21,  # 800 training points in batches of 128: 7 steps an epoch
+)
+PROBLEMS = [SINE, TWOMOONS]
+
+
+@pytest.fixture(params=PROBLEMS, ids=str)
+def problem(request: pytest.FixtureRequest) -> Problem:
+    """Each of the two problems in turn."""
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunCLI:
-    """Call ``cli_main`` from inside ``tmp_path`` (so ``lightning_logs/`` lands there), without a progress bar."""
+    """Call ``cli_main`` as ``scripts/train.py`` does, from inside ``tmp_path`` (so ``lightning_logs/`` lands
+    there), without a progress bar."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py"])  # LightningCLI warns when pytest's own argv is there too
 
-    def run(*args: str, progress_bar: bool = False) -> LitPolyCLI:
+    def run(*args: str, progress_bar: bool = False) -> LitCLI:
         flags = [] if progress_bar else ["--trainer.enable_progress_bar", "false"]
-        return cli_main([*args, *flags])
+        return cli_main([*args, *flags], default_config=DEFAULT_CONFIG)
 
     return run
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a training process started by a test: unbuffered output, the second problem importable."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
+def train_command(subcommand: str, *args: str) -> list[str]:
+    """``python scripts/train.py SUBCOMMAND …`` without a progress bar."""
+    return [sys.executable, str(TRAIN), subcommand, "--trainer.enable_progress_bar", "false", *args]
+
+
+def run_train(cwd: Path, subcommand: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/train.py`` in a separate process, as a user does."""
+    return subprocess.run(
+        train_command(subcommand, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
+
+
+def run_folder(root: Path, version: int = 0) -> Path:
+    return root / "lightning_logs" / f"version_{version}"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model's weights in a checkpoint file."""
+    return load_checkpoint(path)["state_dict"]  # type: ignore[no-any-return]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    """Bit for bit (``atol=0``), or within ``atol``, for every weight of two state dicts."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert (a[key].double() - b[key].double()).abs().max().item() <= atol, key
 
 
 def least_squares(num_samples: int = 2000, degree: int = 3) -> tuple[np.ndarray, float]:

@@ -1,6 +1,6 @@
-"""litpoly: a PyTorch Lightning template that fits a polynomial to sin(x), checked against numpy."""
+"""litpoly's run layer: the command line, run safety, checkpoints, console, loggers and speed-ups.
 
-from litpoly.data import SineDataModule
-from litpoly.model import PolynomialRegressor
-
-__all__ = ["PolynomialRegressor", "SineDataModule"]
+It works for any LightningModule and LightningDataModule, relying only on what Lightning itself defines;
+it imports nothing from the example (:mod:`sinefit`), which a test checks. ``python scripts/train.py``
+is its entry point (:func:`litpoly.cli.cli_main`).
+"""

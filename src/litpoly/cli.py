@@ -1,75 +1,79 @@
-"""The command line: a LightningCLI over :class:`PolynomialRegressor` and :class:`SineDataModule`.
+"""The command line: a LightningCLI for any LightningModule and LightningDataModule, with the run layer built in.
 
-Run ``python scripts/train.py fit`` to train the seed's cubic with SGD, then ``validate``, ``test``
-or ``predict`` with ``--ckpt_path``. Every ``__init__`` argument of the model and the data module
-is a flag and a YAML key (``--model.optimizer rmsprop``, ``--data.num_samples 500``); the Trainer's
-own flags (``--trainer.accelerator gpu``, ``--trainer.devices 2``, ``--trainer.precision 64-true``)
-pick the hardware. ``--help`` on any subcommand lists everything with its default.
+``python scripts/train.py {fit,validate,test,predict}`` trains and evaluates the classes a config names::
+
+    python scripts/train.py fit                                       # the project's default config
+    python scripts/train.py fit --config configs/rmsprop.yaml         # ... with what that file changes
+    python scripts/train.py fit --config my_config.yaml               # another model and data, by class path
+    python scripts/train.py fit --model mypkg.MyModel --data mypkg.MyData --trainer.max_epochs 30
+
+Every ``__init__`` argument of the model and the data module is a flag and a YAML key (``--model.lr``,
+``--data.batch_size``); the Trainer's own flags (``--trainer.accelerator gpu``, ``--trainer.devices 2``,
+``--trainer.precision 64-true``, ``--trainer.max_epochs``, ``--trainer.max_steps``) pick the hardware and
+the schedule. ``--help`` on any subcommand lists everything with its default.
+
+**The default config.** The project's default run is a config file (``configs/default.yaml``, passed by
+``scripts/train.py``): it is the base of every command that names no model or data class of its own. A
+command that does (``--model``/``--data``, or a ``--config`` file with a ``class_path`` for either) starts
+from those classes' own defaults and the Trainer's, not from the default run's settings.
+
+What the run layer adds to every run, for any model: the console lines (``--console.*``), divergence and
+signal handling (``--guard.*``, :class:`~litpoly.guard.RunGuard`), periodic and final checkpoints written
+atomically (``--checkpoint.*``), a cheaper progress bar, logger and profiler, the hyperparameters and config
+in TensorBoard, a CSV of predictions, and one-line errors for bad settings and checkpoints.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import re
 import sys
+import textwrap
 import warnings
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly.callbacks import PredictionWriter, SeedReport, TimedProgressBar
-from litpoly.dashboard import TensorBoardReport, ThrottledTensorBoardLogger
-from litpoly.data import SineDataModule
-from litpoly.guard import (
-    AtomicCheckpointIO,
-    PeriodicCheckpoint,
-    RunGuard,
-    TrainingStopped,
-    checkpoint_degree,
-    resolve_checkpoint,
-)
-from litpoly.model import PolynomialRegressor
-from litpoly.parity import ParityCheck
+from litpoly.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, read_checkpoint, resolve_checkpoint
+from litpoly.console import ConsoleReport, TimedProgressBar, say
+from litpoly.errors import SettingError, TrainingStopped
+from litpoly.guard import RunGuard
+from litpoly.loggers import RunReport, ThrottledTensorBoardLogger
+from litpoly.predictions import PredictionWriter
 from litpoly.profiler import NullProfiler
 
-#: The seed's run: 2400 full-batch optimizer steps in one epoch, validated every 100 steps.
+#: Defaults for every run's Trainer; a config or a flag overrides them.
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_steps": 2400,
-    "val_check_interval": 100,
-    # Count validation in optimizer steps across the one long epoch, not per epoch.
-    "check_val_every_n_epoch": None,
-    # Lightning writes step metrics only every `log_every_n_steps`; 50 gives 48 points per curve.
-    "log_every_n_steps": 50,
-    # TensorBoardReport logs the hyperparameters itself, with seed, precision and the final metrics;
-    # Lightning's automatic call would add a second, metric-less HPARAMS entry.
+    # RunReport logs the hyperparameters itself, with the run's facts; Lightning's automatic call would add a
+    # second, partial entry to the HPARAMS tab.
     "enable_autolog_hparams": False,
-    # The summary of a 4-parameter model says little, and the callback behind it costs ~3% of every
-    # step here (see `instantiate_trainer`). `--trainer.enable_model_summary true` brings it back.
-    "enable_model_summary": False,
 }
 
+#: The seed of every run unless ``--seed_everything`` says otherwise: the same command gives the same run.
 DEFAULT_SEED = 1234
 
-#: Save a checkpoint every this many steps (besides the end of training and an interruption).
-CHECKPOINT_EVERY = 500
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def quiet_irrelevant_messages() -> None:
-    """Silence Lightning messages that say nothing about a litpoly run, so the ones that do stand out."""
+    """Silence Lightning messages that say nothing about a run, so the ones that do stand out."""
     for message in (
         # Lightning 2.6 calls a torch API that torch 2.9+ deprecates; nothing a user can act on.
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         # validate/test/predict restore a checkpoint's callback state into a new run folder; nothing is saved there.
         r"The dirpath has changed from",
-        # Our loaders are plain iterables; the prediction writer does not use batch indices.
+        # Loaders that are plain iterables; the prediction writer does not use batch indices.
         r"Couldn't infer the batch indices",
     ):
         warnings.filterwarnings("ignore", message=message)
@@ -79,90 +83,223 @@ def quiet_irrelevant_messages() -> None:
 
 
 def _not_advertising(record: logging.LogRecord) -> bool:
-    """Drop Lightning's tips for its cloud services, printed on every run."""
-    return not record.getMessage().startswith("💡 Tip")
+    """Drop Lightning's tips for its cloud services, and its list of accelerators (``GPU available: …``):
+    the run folder line says what the run uses, once it has started, so a run refused during setup prints
+    its one error line alone."""
+    return not record.getMessage().startswith(("💡 Tip", "GPU available:", "TPU available:", "HPU available:"))
 
 
 def _not_seed_line(record: logging.LogRecord) -> bool:
-    """Drop "Seed set to …": SeedReport prints the seed beside the run folder once a run starts;
-    printed at parse time it would also precede every one-line settings error."""
+    """Drop "Seed set to …": ConsoleReport prints the seed beside the run folder once a run starts; printed
+    at parse time it would also precede every one-line settings error."""
     return "Seed set to" not in record.getMessage()  # "[rank: 1] Seed set to …" under DDP
+
+
+def parse_error_line(message: str) -> str:
+    r"""jsonargparse's message for a bad setting of a class given by class path (``--model``, ``--data``), cut to
+    the class's own complaint under the setting's full name; other messages as they are.
+
+    Example:
+        >>> message = 'Parser key "model":\n  Errors:\n    - Problem with given class_path \'pkg.Model\':\n'
+        >>> message += '        Parser key "lr":\n          Expected a float\n    - Expected a None'
+        >>> parse_error_line(message)
+        'Parser key "model.lr": Expected a float'
+    """
+    group = re.match(r'Parser key "([^"]+)":', message)
+    problem = re.search(r"Problem with given class_path '([^']+)':\n((?:[ ]{8,}.*(?:\n|$))+)", message)
+    if group is None or problem is None:
+        return message
+    detail = textwrap.dedent(problem.group(2)).strip()
+    inner = re.match(r'Parser key "([^"]+)":\s*(.*)', detail, re.S)
+    if inner is None:
+        return f'Parser key "{group.group(1)}": {problem.group(1)}: {detail}'
+    why = inner.group(2)
+    union = re.search(r"Errors:\n\s*- (.*)", why)  # a setting that may also be None: the first type's complaint
+    given = re.search(r"Given value: (.*)", why)
+    if union is not None:
+        why = union.group(1) + (f". Got value: {given.group(1)}" if given else "")
+    return f'Parser key "{group.group(1)}.{inner.group(1)}": {why}'
 
 
 def fail(message: str) -> NoReturn:
     """Report a user error on one line of stderr and exit with status 2, like argparse does."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    _tell(f"error: {' '.join(message.split())}")
     raise SystemExit(2)
 
 
-class LitPolyCLI(LightningCLI):
-    """LightningCLI with litpoly's defaults, cross-setting checks and one-line errors."""
+@rank_zero_only
+def _tell(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- what the command line gives ------------------------------------------------------------------------------
+
+
+def _config_files(args: Sequence[str]) -> list[dict[str, Any]]:
+    """The YAML files ``--config``/``-c`` name in ``args``, loaded (files the parser will refuse are skipped:
+    it reports them itself)."""
+    files = []
+    for i, arg in enumerate(args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            path = args[i + 1]
+        if path is None:
+            continue
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(content, dict):
+            files.append(content)
+    return files
+
+
+def names_a_class(args: Sequence[str]) -> bool:
+    """Whether ``args`` pick their own model or data class: ``--model CLASS``, ``--data CLASS``, or a config
+    file whose ``model`` or ``data`` has a ``class_path`` (or is a class name)."""
+    for arg in args:
+        if arg in ("--model", "--data") or arg.startswith(("--model=", "--data=")):
+            return True
+    for config in _config_files(args):
+        for group in ("model", "data"):
+            value = config.get(group)
+            if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value):
+                return True
+    return False
+
+
+def given_keys(args: Sequence[str], group: str) -> set[str]:
+    """The settings of ``group`` (``model``, ``data``) that ``args`` give, by flag or in a config file."""
+    keys = set()
+    for arg in args:
+        if arg.startswith(f"--{group}."):
+            key = arg[len(group) + 3 :].split("=", 1)[0]
+            keys.add(key.removeprefix("init_args.").split(".", 1)[0])
+    for config in _config_files(args):
+        value = config.get(group)
+        if isinstance(value, dict):
+            init_args = value.get("init_args", {}) if "class_path" in value else value
+            keys |= set(init_args or {})
+    return keys
+
+
+# -- --ckpt_path against the settings given -----------------------------------------------------------------
+
+
+def _class_path(value: Any) -> str | None:
+    return value.get("class_path") if isinstance(value, Namespace | dict) else None
+
+
+def check_against_checkpoint(config: Namespace, checkpoint: dict[str, Any], given: set[str], path: Path) -> None:
+    """Compare the model settings a command gives with those of the checkpoint it loads.
+
+    LightningCLI builds the model from the checkpoint's own settings (its ``hyper_parameters``), whatever the
+    command line says. So a setting given that differs is not used: where the weights could not fit the model
+    it would make, that is an error (one line naming it); otherwise a warning says it is ignored.
+
+    Raises:
+        ValueError: The checkpoint holds another model class, or weights that do not fit the model the
+            given settings make.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    model = config.model
+    configured = _class_path(model)
+    saved = hparams.get("_class_path")
+    if saved and configured and saved != configured:
+        raise ValueError(
+            f"`ckpt_path` {path} holds a {saved}, but this run's model is {configured}: give the settings the "
+            "checkpoint was trained with (its run's --config)"
+        )
+    init_args = model.get("init_args", {}) if configured else model
+    differ = sorted(k for k in given if k in hparams and k in init_args and init_args[k] != hparams[k])
+    if not differ:
+        return
+    mismatch = _weights_mismatch(model, checkpoint.get("state_dict", {}))
+    settings = ", ".join(f"`model.{k}` {init_args[k]!r}" for k in differ)
+    if mismatch is not None:
+        raise ValueError(
+            f"`ckpt_path` {path} holds weights that do not fit the model {settings} makes ({mismatch}); leave "
+            f"{'it' if len(differ) == 1 else 'them'} out to use the checkpoint's"
+        )
+    for k in differ:
+        say(
+            f"Warning: `model.{k}` {init_args[k]!r} is not used: the checkpoint's model was made with "
+            f"{hparams[k]!r}, and LightningCLI restores the model's settings with its weights.",
+            stderr=True,
+        )
+
+
+def _weights_mismatch(model_config: Namespace, state_dict: dict[str, Any]) -> str | None:
+    """How the model the settings make differs from ``state_dict`` (a missing or extra weight, or a shape);
+    ``None`` if the weights fit."""
+    if not _class_path(model_config):
+        return None
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    try:
+        built = parser.instantiate_classes(parser.parse_object({"model": model_config.as_dict()})).model
+    except Exception as error:  # the settings do not even make a model: they cannot match the weights
+        return f"the settings do not make a model: {error}"
+    ours = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
+    for key in sorted(ours.keys() | theirs.keys()):
+        if ours.get(key) != theirs.get(key):
+            return f"{key}: {theirs.get(key, 'absent')} in the checkpoint, {ours.get(key, 'absent')} here"
+    return None
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+
+
+class LitCLI(LightningCLI):
+    """LightningCLI with the run layer: its callbacks, cheaper defaults, checks and one-line errors."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(SeedReport, "console")
-        parser.add_lightning_class_args(ParityCheck, "parity")
-        parser.add_lightning_class_args(TensorBoardReport, "tensorboard")
-        # ModelCheckpoint's own settings as `--checkpoint.*`. Added as a plain class group rather than
-        # as a Lightning callback group so that `instantiate_trainer` can leave it out when the user
-        # says `--trainer.enable_checkpointing false` (Lightning refuses both at once).
+        parser.add_lightning_class_args(ConsoleReport, "console")
+        # Added as plain class groups rather than Lightning callback groups, so that `instantiate_trainer` can
+        # add each only where it applies: RunGuard to fit, the checkpoint only when checkpointing is on
+        # (Lightning refuses a ModelCheckpoint with `--trainer.enable_checkpointing false`).
+        parser.add_class_arguments(RunGuard, "guard", instantiate=True)
         parser.add_class_arguments(PeriodicCheckpoint, "checkpoint", instantiate=True)
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": CHECKPOINT_EVERY})
+        parser.set_defaults({"checkpoint.save_last": True})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then check ``--ckpt_path`` before LightningCLI reads hyperparameters from it."""
+        """Parse, then check ``--ckpt_path`` before LightningCLI reads the model's settings from it."""
         super().parse_arguments(parser, args)
-        if not self.config.get("subcommand"):
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
             return
-        config = self.config[self.config.subcommand]
+        config = self.config[subcommand]
         if config.get("ckpt_path") is None:
             return
-        root = Path(config.trainer.get("default_root_dir") or Path.cwd())
+        argv = list(sys.argv[1:] if args is None else args)
+        root = Path(config.trainer.get("default_root_dir") or Path.cwd()).expanduser()
         try:
             path = resolve_checkpoint(config.ckpt_path, root / "lightning_logs")
-            degree = checkpoint_degree(path)
+            check_against_checkpoint(config, read_checkpoint(path), given_keys(argv, "model"), path)
         except ValueError as error:
             fail(str(error))
-        default_degree = inspect.signature(PolynomialRegressor).parameters["degree"].default
-        if degree is not None and config.model.degree not in (degree, default_degree):
-            fail(
-                f"`ckpt_path` {path} holds a degree-{degree} model, but `model.degree` is {config.model.degree}; "
-                "leave `model.degree` out to take the checkpoint's"
-            )
         config.ckpt_path = str(path)
 
-    def before_instantiate_classes(self) -> None:
-        """Check what depends on several settings, before anything is built or written."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        degree, num_samples = config.model.degree, config.data.num_samples
-        if num_samples < degree + 1:
-            fail(
-                f"Expected `data.num_samples` >= `model.degree` + 1 = {degree + 1} (a degree-{degree} polynomial "
-                f"needs that many points), got {num_samples}"
-            )
-        if self.subcommand == "fit" and (config.trainer.max_steps is None or config.trainer.max_steps <= 0):
-            fail(f"Expected `trainer.max_steps` to be a positive integer, got {config.trainer.max_steps}")
-
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with litpoly's versions of Lightning's default checkpoint, progress bar and logger.
+        """The Trainer, with the run layer's callbacks and its versions of Lightning's defaults.
 
-        - ``PeriodicCheckpoint`` from ``--checkpoint.*`` (``save_last``, every ``CHECKPOINT_EVERY`` steps):
-          every run has ``checkpoints/last.ckpt``, and a killed run loses at most that many steps.
+        - ``PeriodicCheckpoint`` from ``--checkpoint.*`` (``save_last``): every run has ``checkpoints/last.ckpt``.
         - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` is set).
-        - ``TimedProgressBar``: redrawn ten times a second, not every step (a redraw costs more than a
-          whole raw training step on 2000 points).
+        - ``TimedProgressBar``: redrawn ten times a second, not every step.
         - ``ThrottledTensorBoardLogger`` where Lightning would make its default ``TensorBoardLogger``:
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
-          nothing, but Lightning's costs ~0.5 µs for each of the ~80 hook calls of a litpoly step.
-        - ``RunGuard`` for ``fit`` and ``PredictionWriter`` for ``predict`` only.
+          nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
+        - ``RunGuard`` (``--guard.*``) and ``RunReport`` for ``fit``, ``PredictionWriter`` for ``predict``.
 
         Added here rather than in ``trainer_defaults`` (which always applies) so that
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false``,
         ``--trainer.logger false`` and a user's own callbacks or loggers keep working as Lightning
         documents them — and so that a subcommand carries no callback it does not use: Lightning calls
-        every callback's hooks on every step (~5–10 µs a callback here, against a 65 µs raw step).
+        every callback's hooks on every step.
         """
-        subconfig = self._subconfig_init()
+        subconfig = self.config_init[self.subcommand] if self.subcommand else self.config_init
         config = subconfig.trainer
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
@@ -174,7 +311,7 @@ class LitPolyCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             defaults.append(TimedProgressBar())
         if self.subcommand == "fit":
-            defaults.append(RunGuard())
+            defaults += [subconfig.guard, RunReport()]
         if self.subcommand == "predict":
             defaults.append(PredictionWriter())
         if defaults:
@@ -190,9 +327,6 @@ class LitPolyCLI(LightningCLI):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
-    def _subconfig_init(self) -> Any:
-        return self.config_init[self.subcommand] if self.subcommand else self.config_init
-
     def instantiate_classes(self) -> None:
         # The classes check their own arguments (ValueError), and the Trainer its flags
         # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
@@ -205,33 +339,39 @@ class LitPolyCLI(LightningCLI):
             fail(f"invalid Trainer setting: {error}")
 
 
-def cli_main(args: list[str] | None = None) -> LitPolyCLI:
-    """Run the litpoly command line; ``args`` replaces ``sys.argv[1:]`` (handy in tests).
+def cli_main(args: list[str] | None = None, default_config: Path | str | None = None) -> LitCLI:
+    """Run the command line; ``args`` replaces ``sys.argv[1:]`` (handy in tests).
 
-    Bad settings end with one line on stderr naming the setting and exit status 2, before any run
-    folder is created.
+    Args:
+        args: The command line, e.g. ``["fit", "--trainer.max_steps", "100"]``.
+        default_config: The project's default run, the base of every command that names no model or data
+            class of its own (see the module's docstring).
+
+    Bad settings end with one line on stderr naming the setting and exit status 2, before any run folder is
+    created (or, for a combination found during setup, with the run folder removed again).
     """
     quiet_irrelevant_messages()
+    argv = list(sys.argv[1:] if args is None else args)
+    # Parse errors are raised, not printed with the usage text: `fail` turns them into one line.
+    parser_kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in SUBCOMMANDS}
+    parser_kwargs["exit_on_error"] = False
+    if default_config is not None and not names_a_class(argv):
+        for name in SUBCOMMANDS:
+            parser_kwargs[name]["default_config_files"] = [str(default_config)]
     try:
-        return LitPolyCLI(
-            PolynomialRegressor,
-            SineDataModule,
+        return LitCLI(
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults=TRAINER_DEFAULTS,
-            # Raise parse errors instead of printing usage text: `fail` turns them into one line.
-            parser_kwargs={"exit_on_error": False},
-            # The model owns its optimizer choice (`--model.optimizer`); LightningCLI's own `--optimizer`
-            # would silently override it, so it is switched off.
+            parser_kwargs=parser_kwargs,
+            # The model owns its optimizer (configure_optimizers); LightningCLI's own `--optimizer` would
+            # silently override it, so it is switched off.
             auto_configure_optimizers=False,
             args=args,
         )
     except ArgumentError as error:
+        fail(parse_error_line(str(error)))
+    except SettingError as error:  # found during setup; ConsoleReport has removed the run folder
         fail(str(error))
     except TrainingStopped as stop:  # diverged (exit 1) or interrupted (exit 128 + signal number)
         _tell(f"error: {stop}" if stop.exit_code == 1 else str(stop))  # under DDP every process stops, one says why
         raise SystemExit(stop.exit_code) from None
-
-
-@rank_zero_only
-def _tell(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

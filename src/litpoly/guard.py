@@ -1,171 +1,58 @@
-"""Keeping a run safe: divergence, interruption, and checkpoints that are never half-written.
+"""Keeping a run safe: a diverged run stops at once, an interrupted one stops cleanly, the final state is saved.
 
-Lightning 2.6 leaves three gaps that a template must not pass on to its users:
+Lightning 2.6 leaves gaps that a template must not pass on to its users:
 
-- A loss that turns NaN keeps training (EarlyStopping's finite check only runs at validation or
-  epoch end), and checkpoints of the NaN model overwrite good ones.
-- Ctrl-C or SIGTERM in the middle of a step can land between two parameter updates, and SIGTERM
-  exits with status 0; no checkpoint of the last completed step is written.
-- Checkpoints are written in place: a process killed while writing one leaves a truncated file.
+- A loss that turns NaN keeps training (EarlyStopping's finite check only runs at validation or epoch end,
+  which inside one long epoch may be never), and checkpoints of the broken model overwrite good ones.
+- Ctrl-C or SIGTERM in the middle of a step can land between two parameter updates, SIGTERM exits with
+  status 0, and no checkpoint of the last completed step is written.
+- ``last.ckpt`` holds the last *scheduled* save, which need not be the final step.
 
-:class:`RunGuard` checks the loss and the coefficients after every step, turns SIGINT/SIGTERM into
-a stop at the next step boundary with a checkpoint, warns about an SGD lr above the stability
-limit before training starts, and saves ``last.ckpt`` at the end of training.
-:class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it into place,
-and refuses to write a model with non-finite weights.
+:class:`RunGuard` closes them for any LightningModule: it checks the loss ``training_step`` returns and every
+parameter after every step, turns SIGINT/SIGTERM into a stop at the next step boundary with a checkpoint, and
+saves ``last.ckpt`` at the end of training. (:class:`~litpoly.checkpoints.AtomicCheckpointIO` makes sure no
+checkpoint is half-written or holds non-finite weights.)
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
-from functools import cached_property
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from litpoly import reference
-from litpoly.callbacks import say
-from litpoly.data import SineDataModule
-from litpoly.model import PolynomialRegressor
-
-
-def resolve_checkpoint(ckpt_path: str, logs: Path) -> Path:
-    """The file ``--ckpt_path`` means: a path as given, or for ``last`` the newest ``last.ckpt`` under ``logs``.
-
-    Lightning's own ``last`` looks only in the *new* run's folder, which is empty when a new command
-    resumes an old run; here it means the newest run's ``checkpoints/last.ckpt``.
-
-    Raises:
-        ValueError: One line naming the setting, when there is no such file.
-    """
-    if ckpt_path == "last":
-        candidates = list(logs.glob("version_*/checkpoints/last.ckpt"))
-        if not candidates:
-            raise ValueError(f"`ckpt_path` last: no run under {logs} has a checkpoints/last.ckpt to resume from")
-        return max(candidates, key=lambda p: p.stat().st_mtime)
-    if ckpt_path in ("best", "hpc", "registry"):
-        raise ValueError(f"`ckpt_path` {ckpt_path!r} is not supported here: give a checkpoint file or 'last'")
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ValueError(f"`ckpt_path`: no such checkpoint file: {ckpt_path}")
-    return path
-
-
-def checkpoint_degree(path: Path) -> int | None:
-    """Read ``path`` (weights only) and return the polynomial degree it holds (``None`` if not litpoly's).
-
-    Raises:
-        ValueError: One line, when the file is truncated, corrupt or not a Lightning checkpoint.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, pickle garbage, wrong format: all mean "unreadable"
-        raise ValueError(
-            f"`ckpt_path` {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"`ckpt_path` {path} is not a Lightning checkpoint (it has no state_dict)")
-    coefficients = checkpoint["state_dict"].get("coefficients")
-    return None if coefficients is None else int(coefficients.shape[0]) - 1
-
-
-class TrainingStopped(Exception):
-    """A run that ended early for a reason the user must see: the message is one line, ``exit_code`` is set."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class NonFiniteCheckpointError(RuntimeError):
-    """Raised instead of writing a checkpoint whose weights are NaN or infinite."""
-
-
-def _all_finite(state_dict: dict[str, Any]) -> bool:
-    return all(torch.isfinite(v).all() for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made safe against kills: write a temporary file, then rename.
-
-    ``os.replace`` is atomic on POSIX and Windows, so a checkpoint path holds either the previous
-    complete file or the new complete file, whenever the process dies. (This protects against
-    the process being killed; surviving a power cut would also need an fsync.) Remote paths
-    (``s3://`` …) are written as Lightning writes them.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if not _all_finite(checkpoint.get("state_dict", {})):
-            raise NonFiniteCheckpointError(f"refusing to write {path}: the model's weights are not finite")
-        if "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            super().save_checkpoint(checkpoint, partial, storage_options)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-
-
-class PeriodicCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, with a default made for one long epoch and a cached ``state_key``.
-
-    - Saving by steps or time (``every_n_train_steps``, ``train_time_interval``) with no ``monitor``,
-      ``save_on_train_epoch_end`` defaults to true: no save is tied to validation then, but for this
-      Trainer (validation counted in steps) Lightning would look for one after every validation,
-      copying all logged metrics each time (~0.5 ms). Otherwise Lightning's default stands (with a
-      ``monitor``, or saving every epoch, the save belongs after validation).
-    - Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, six times a
-      step; ``ModelCheckpoint`` builds that string anew from its settings each time, ~10 µs a step here.
-      The settings do not change after ``__init__``, so neither does the key. It is ``ModelCheckpoint``'s
-      own key, so checkpoints written with either class restore the other's state.
-
-    Every other setting is ``ModelCheckpoint``'s.
-
-    Args:
-        monitor: Logged metric that ranks checkpoints (e.g. ``val/mse``); ``None`` keeps the latest.
-        save_on_train_epoch_end: Look for a save at the end of the training epoch rather than after each
-            validation. Default: true when saving by steps or time without a ``monitor``, else Lightning's choice.
-    """
-
-    def __init__(
-        self, *, monitor: str | None = None, save_on_train_epoch_end: bool | None = None, **kwargs: Any
-    ) -> None:
-        by_steps_or_time = kwargs.get("every_n_train_steps") or kwargs.get("train_time_interval")
-        by_epochs = kwargs.get("every_n_epochs")
-        if save_on_train_epoch_end is None and monitor is None and by_steps_or_time and not by_epochs:
-            save_on_train_epoch_end = True
-        super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
-
-    @cached_property
-    def state_key(self) -> str:
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+from litpoly.console import step_loss
+from litpoly.errors import TrainingStopped
 
 
 class RunGuard(L.Callback):
-    """Stops diverged runs at once, interrupts cleanly on SIGINT/SIGTERM, and saves the final state.
+    """Stops a diverged run at once, interrupts cleanly on SIGINT/SIGTERM, and saves the final state.
+
+    A step has diverged when its loss, or any parameter after its update, is NaN or infinite, or when the
+    loss exceeds ``divergence_threshold`` (as EarlyStopping's ``divergence_threshold``, but checked every
+    step): training stops with one line saying where and why (exit status 1), and no checkpoint of the
+    diverged model is written. The check costs one device sync a step.
 
     Args:
-        check_finite: Check the loss and coefficients after every step (one device sync a step).
+        check_finite: Check the loss and every parameter after every step.
+        divergence_threshold: Also stop when a step's loss exceeds this value (a loss that climbs far past
+            where it started without reaching infinity). ``None``: no threshold.
     """
 
-    def __init__(self, check_finite: bool = True) -> None:
+    def __init__(self, check_finite: bool = True, divergence_threshold: float | None = None) -> None:
+        if divergence_threshold is not None and math.isnan(divergence_threshold):
+            raise ValueError("Expected `guard.divergence_threshold` to be a number or null, got nan")
         self.check_finite = check_finite
+        self.divergence_threshold = divergence_threshold
         self._signal: int | None = None
-        self._limit: float | None = None  # SGD's stability limit for this run, computed once at train start
+        self._parameters: list[torch.Tensor] = []
         self._previous_handlers: dict[int, Any] = {}
 
-    # -- where checkpoints go --------------------------------------------------------------
     @staticmethod
     def last_checkpoint(trainer: L.Trainer) -> Path | None:
         """The run's ``last.ckpt`` (``None`` when checkpointing is off)."""
@@ -173,16 +60,6 @@ class RunGuard(L.Callback):
         if not isinstance(callback, ModelCheckpoint) or not callback.dirpath:
             return None
         return Path(callback.last_model_path or Path(callback.dirpath) / "last.ckpt")
-
-    @staticmethod
-    def _stability_limit(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
-        """SGD's limit 2/λmax(2XᵀX) on all training points; ``None`` when it does not apply."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(pl_module, PolynomialRegressor) or pl_module.optimizer_name != "sgd":
-            return None
-        if not isinstance(datamodule, SineDataModule) or datamodule.batch_size is not None:
-            return None  # mini-batch SGD: each step sees a different, smaller sum
-        return reference.sgd_stability_limit(datamodule.train_x.numpy(), pl_module.degree)
 
     def _save_last(self, trainer: L.Trainer) -> Path | None:
         if trainer.sanity_checking:
@@ -192,55 +69,54 @@ class RunGuard(L.Callback):
             trainer.save_checkpoint(path, weights_only=False)
         return path
 
-    # -- before training: the SGD stability limit -------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_signal_handlers()
-        self._limit = limit = self._stability_limit(trainer, pl_module)
-        if limit is not None and isinstance(pl_module, PolynomialRegressor) and pl_module.lr >= limit:
-            say(
-                f"Warning: SGD lr {pl_module.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
-                "for these points: the loss will grow every step.",
-                stderr=True,
-            )
+        self._parameters = [p for p in pl_module.parameters() if p.is_floating_point()]
 
-    # -- every step: divergence and signals ---------------------------------------------------
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Runs after every step, so it is kept to one device sync and ~3 µs (a raw 2000-point step: 65 µs).
-        diverged = False
-        if self.check_finite and isinstance(outputs, dict) and isinstance(pl_module, PolynomialRegressor):
-            # The loss of this step and the coefficients it produced, in one number and one sync: a
-            # NaN or inf anywhere makes the sum non-finite.
-            diverged = not math.isfinite(float(outputs["sse"] + pl_module.coefficients.detach().sum()))
+        diverged: str | None = None
+        loss = step_loss(outputs)
+        if self.check_finite and loss is not None:
+            diverged = self._divergence(loss)
         interrupted = self._signal is not None
         if trainer.world_size > 1:
             # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
             # a process stopping alone would leave the others waiting in the next gradient all-reduce,
             # and a signal often reaches one process only (SIGTERM to the launcher).
-            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+            if trainer.strategy.reduce_boolean_decision(diverged is not None, all=False) and diverged is None:
+                diverged = "another process diverged"
             interrupted = trainer.strategy.reduce_boolean_decision(interrupted, all=False)
-        if diverged:
-            assert isinstance(pl_module, PolynomialRegressor) and isinstance(outputs, dict)
-            self._diverged(trainer, pl_module, float(outputs["sse"]))
+        if diverged is not None:
+            self._stop_diverged(trainer, diverged)
         if interrupted:
-            self._interrupted(trainer)
+            self._stop_interrupted(trainer)
 
-    def _diverged(self, trainer: L.Trainer, pl_module: PolynomialRegressor, loss: float) -> None:
+    def _divergence(self, loss: torch.Tensor) -> str | None:
+        """What is wrong with this step, if anything, read in one device sync."""
+        norm = torch.nn.utils.get_total_norm(self._parameters, error_if_nonfinite=False)
+        loss_value, norm_value = torch.stack([loss.detach().float().sum(), norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            return f"the loss is {loss_value}"
+        if not math.isfinite(norm_value):
+            return "the parameters are no longer finite"
+        if self.divergence_threshold is not None and loss_value > self.divergence_threshold:
+            return f"the loss {loss_value:.6g} exceeds `guard.divergence_threshold` {self.divergence_threshold:g}"
+        return None
+
+    def _stop_diverged(self, trainer: L.Trainer, what: str) -> None:
         step = trainer.global_step - 1
-        what = f"the loss is {loss}" if not math.isfinite(loss) else "the coefficients are no longer finite"
-        limit = self._limit
-        advice = f"; SGD is stable only for lr < {limit:.3g} on this data" if limit is not None else ""
+        optimizers = ", ".join(f"{type(o).__name__}, lr={o.param_groups[0]['lr']:g}" for o in trainer.optimizers)
         last = self.last_checkpoint(trainer)
         kept = (
             f" Last good checkpoint: {last}."
             if last is not None and last.is_file()
             else " No checkpoint was written before it."
         )
-        settings = f"{pl_module.optimizer_name}, lr={pl_module.lr:g}{advice}"
-        raise TrainingStopped(f"training diverged at step {step}: {what} ({settings}).{kept}", exit_code=1)
+        raise TrainingStopped(f"training diverged at step {step}: {what} ({optimizers}).{kept}", exit_code=1)
 
-    def _interrupted(self, trainer: L.Trainer) -> None:
+    def _stop_interrupted(self, trainer: L.Trainer) -> None:
         signum = self._signal if self._signal is not None else signal.SIGTERM  # another process got it
         step = trainer.global_step
         path = self._save_last(trainer)
@@ -275,15 +151,16 @@ class RunGuard(L.Callback):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    # -- the end ----------------------------------------------------------------------------
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signal_handlers()
+        self._parameters = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # ModelCheckpoint's last.ckpt holds the last *periodic* save (every `every_n_train_steps`,
-        # or after a validation), which need not be the final step. Overwrite it with the final
-        # state once ModelCheckpoint is done (on_fit_end runs after every callback's on_train_end).
+        # ModelCheckpoint's last.ckpt holds the last *scheduled* save (every `every_n_train_steps`, or
+        # after a validation), which need not be the final step. Overwrite it with the final state once
+        # ModelCheckpoint is done (on_fit_end runs after every callback's on_train_end).
         self._save_last(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_signal_handlers()
+        self._parameters = []

@@ -11,37 +11,37 @@ from unittest import mock
 
 import lightning as L
 import pytest
-from conftest import RunCLI
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from litpoly import PolynomialRegressor, SineDataModule
-from litpoly.callbacks import TimedProgressBar
-from litpoly.dashboard import ThrottledTensorBoardLogger
-from litpoly.guard import PeriodicCheckpoint
+from conftest import SINE, Problem, RunCLI
+from litpoly.cache import ReuseLastInput
+from litpoly.checkpoints import PeriodicCheckpoint
+from litpoly.console import TimedProgressBar
+from litpoly.loggers import ThrottledTensorBoardLogger
 from litpoly.profiler import NullProfiler
+from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
 
-QUICK = ["--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "5"]
 
-
-def test_fit_uses_the_lean_defaults(run_cli: RunCLI) -> None:
-    trainer = run_cli("fit", *QUICK, progress_bar=True).trainer
+def test_fit_uses_the_lean_defaults(problem: Problem, run_cli: RunCLI) -> None:
+    trainer = run_cli("fit", *problem.select, *problem.quick, progress_bar=True).trainer
     assert isinstance(trainer.profiler, NullProfiler)
     assert isinstance(trainer.logger, ThrottledTensorBoardLogger)
     assert isinstance(trainer.progress_bar_callback, TimedProgressBar)
     assert isinstance(trainer.checkpoint_callback, PeriodicCheckpoint)
 
 
-def test_users_choices_replace_them(run_cli: RunCLI) -> None:
+def test_users_choices_replace_them(problem: Problem, run_cli: RunCLI) -> None:
     trainer = run_cli(
-        "fit", *QUICK, "--trainer.profiler", "simple", "--trainer.logger", "false", "--trainer.enable_progress_bar",
-        "false", "--trainer.enable_checkpointing", "false",
+        "fit", *problem.select, *problem.quick, "--trainer.profiler", "simple", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
     ).trainer  # fmt: skip
     assert isinstance(trainer.profiler, SimpleProfiler) and trainer.loggers == []
     assert trainer.progress_bar_callback is None and trainer.checkpoint_callback is None
     # The real profiler was called around every step: the null one did not swallow its calls.
-    assert len(trainer.profiler.recorded_durations["run_training_batch"]) == 40
+    assert len(trainer.profiler.recorded_durations["run_training_batch"]) == problem.steps
 
 
 def test_throttled_logger_flushes_on_its_clock_and_loses_nothing(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_throttled_logger_flushes_on_its_clock_and_loses_nothing(tmp_path: Path)
     clock = iter(range(0, 1000, 1))  # one second passes per save()
     with (
         mock.patch.object(type(logger.experiment), "flush", autospec=True) as flush,
-        mock.patch("litpoly.dashboard.time.monotonic", side_effect=lambda: float(next(clock))),
+        mock.patch("litpoly.loggers.time.monotonic", side_effect=lambda: float(next(clock))),
     ):
         for step in range(100):
             logger.log_metrics({"metric": float(step)}, step=step)
@@ -69,7 +69,7 @@ def test_timed_bar_redraws_first_and_last(tmp_path: Path) -> None:
             max_steps=50, logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[bar],
             limit_val_batches=0, default_root_dir=tmp_path,
         )  # fmt: skip
-        trainer.fit(PolynomialRegressor(), SineDataModule())
+        trainer.fit(TwoMoonsClassifier(), TwoMoonsDataModule())
     # Step 1 (nothing drawn yet) and step 50 (the last): never the 48 in between, an hour apart.
     assert [call.args[5] for call in redraw.call_args_list] == [0, 49]  # (self, trainer, module, out, batch, idx)
 
@@ -80,12 +80,12 @@ def test_timed_bar_ends_on_the_last_step_with_validation_inside(tmp_path: Path) 
         max_steps=250, val_check_interval=100, check_val_every_n_epoch=None, logger=False, enable_checkpointing=False,
         enable_model_summary=False, callbacks=[bar], default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(PolynomialRegressor(), SineDataModule())
+    trainer.fit(TwoMoonsClassifier(), TwoMoonsDataModule())  # steps counted across one epoch of many passes
     assert bar.train_progress_bar.n == 250 == trainer.global_step
 
 
 def test_validate_keeps_its_bar(run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_cli("fit", *QUICK)
+    run_cli("fit", *SINE.quick)
     capsys.readouterr()
     run_cli("validate", "--ckpt_path", "last", progress_bar=True)
     assert "Validation DataLoader 0: 100%" in capsys.readouterr().out
@@ -118,3 +118,29 @@ def test_null_profiler_is_a_transparent_context() -> None:
     with pytest.raises(KeyError), profiler.profile("step"):  # exceptions pass through, as with Lightning's
         raise KeyError("boom")
     assert profiler.summary() == ""
+
+
+def test_reuse_last_input_is_the_module_it_wraps() -> None:
+    calls = []
+
+    def squares(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        return x**2
+
+    class Squares(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return squares(x)
+
+    cached = ReuseLastInput(Squares())
+    x = torch.arange(4.0)
+    assert torch.equal(cached(x), x**2) and cached(x) is cached(x) and len(calls) == 1  # computed once
+    x.add_(1)  # changed in place: computed again, and right
+    assert torch.equal(cached(x), torch.arange(1.0, 5.0) ** 2) and len(calls) == 2
+    y = torch.arange(4.0, requires_grad=True)  # a trained input: never reused
+    cached(y), cached(y)
+    assert len(calls) == 4
+    with torch.inference_mode():  # validate/test/predict: no version counter, so computed each time
+        z = torch.arange(3.0)
+        assert torch.equal(cached(z), z**2)
+    with pytest.raises(ValueError, match="without parameters"):
+        ReuseLastInput(torch.nn.Linear(2, 2))

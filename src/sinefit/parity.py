@@ -16,24 +16,27 @@ Tolerances come from measurement on this problem (2400 steps, seeds 0–9 and 12
   such step of a common path are at most twice that apart. Measured: at most 7.4·lr; the first
   sign change came at step 51 or later. The SGD bounds are never widened for RMSprop.
 
-The first :data:`EARLY_STEPS` steps are always recorded, so even an RMSprop run that leaves
-lock-step early is checked tightly where it can be: a 1% error in lr shows there at once.
+Every step is compared, so even an RMSprop run that leaves lock-step early is checked tightly where it
+can be: a 1% error in lr shows in the first steps at once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import PositiveInt
 
-from litpoly import reference
-from litpoly.callbacks import say
-from litpoly.model import PolynomialRegressor, coefficient_names
+from litpoly.console import say, step_loss
+from sinefit import reference
+from sinefit.polynomial import coefficient_names
+
+if TYPE_CHECKING:
+    from sinefit.model import PolynomialRegressor
 
 #: Rounding tolerances per dtype: (relative loss difference, absolute coefficient difference).
 ROUNDING_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
@@ -41,7 +44,7 @@ ROUNDING_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
     torch.float32: (2e-5, 5e-6),
 }
 
-#: Steps 0 … EARLY_STEPS-1 are always compared, besides every ``every_n_steps``-th step.
+#: The table sums up steps 0 … EARLY_STEPS-1 in one line, then shows a row every ``every_n_steps`` steps.
 EARLY_STEPS = 10
 
 
@@ -203,32 +206,29 @@ def compare(
 class ParityCheck(L.Callback):
     """After ``fit``, replays the run with the numpy reference and prints a side-by-side table and a verdict.
 
-    Records the loss and coefficients every ``every_n_steps`` steps during training (tensors kept on
-    the device, read once at the end: no per-step sync), then runs :func:`litpoly.reference.run` from
-    the run's own initial coefficients, data, optimizer, lr and number of steps. The table and the
-    reference curve also go to the run's loggers (TensorBoard).
+    Records the loss and the coefficients at every step (tensors kept on the device, read once at the end:
+    no per-step sync), then runs :func:`sinefit.reference.run` from the run's own start, data, optimizer, lr
+    and number of steps, and compares every step. The table (a row every ``every_n_steps`` steps), the
+    reference curve and the verdict also go to the run's loggers (TensorBoard).
+
+    Attached by :class:`~sinefit.model.PolynomialRegressor` unless ``--model.parity false``.
 
     Args:
-        enabled: Set to false to switch the check off.
-        every_n_steps: Compare the loss every this many steps.
-        max_point_steps: Skip (and say so) when points × steps exceeds this. The numpy replay costs
-            ~3.5 ns per point and step here: 0.35 s at the limit, 17 ms for the default run; a
-            200 000-point run would spend as long replaying as training.
+        every_n_steps: A row of the table every this many steps.
+        max_point_steps: Skip (and say so) when points × steps exceeds this: the numpy replay then takes
+            about as long as the training itself.
     """
 
-    def __init__(self, enabled: bool = True, every_n_steps: PositiveInt = 100, max_point_steps: PositiveInt = 10**8):
-        self.enabled = enabled
+    def __init__(self, every_n_steps: PositiveInt = 100, max_point_steps: PositiveInt = 10**8):
         self.every_n_steps = every_n_steps
         self.max_point_steps = max_point_steps
         self.report: ParityReport | None = None
-        self._active = False  # this run is being recorded (enabled and comparable)
+        self._active = False  # this run is being recorded (comparable)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._pending: torch.Tensor | None = None
 
-    def _skip_reason(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        if not isinstance(pl_module, PolynomialRegressor):
-            return "the model is not a PolynomialRegressor"
+    def _skip_reason(self, trainer: L.Trainer) -> str | None:
         if trainer.world_size > 1:
             return f"it runs on {trainer.world_size} processes; the reference replays a single full-batch run"
         # By the precision setting, not the weights' dtype: mixed precision keeps float32 weights but
@@ -241,49 +241,48 @@ class ParityCheck(L.Callback):
             return f"it trains on mini-batches of {batch_size}; the reference replays full-batch steps"
         if num_samples * (trainer.max_steps or 0) > self.max_point_steps:
             return (
-                f"{num_samples} points x {trainer.max_steps} steps exceeds --parity.max_point_steps "
-                f"{self.max_point_steps}; raise it to run the check anyway"
+                f"{num_samples} points x {trainer.max_steps} steps exceeds {self.max_point_steps:g}: "
+                "the numpy replay would take about as long as the training"
             )
         return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.report, self._batch, self._records = None, None, []
-        reason = self._skip_reason(trainer, pl_module) if self.enabled else None
+        reason = self._skip_reason(trainer)
         if reason is not None:
             say(f"Parity check skipped: {reason}.")
-        self._active = self.enabled and reason is None
+        self._active = reason is None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self._active:
-            return
-        if self._batch is None:
-            self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
-        step = trainer.global_step
-        if step < EARLY_STEPS or (step + 1) % self.every_n_steps == 0:
-            assert isinstance(pl_module, PolynomialRegressor)
-            self._pending = pl_module.coefficients.detach().clone()
+        if self._active:
+            if self._batch is None:
+                self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
+            self._pending = pl_module.coefficients.detach().clone()  # type: ignore[operator]  # before the update
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._active and self._pending is not None and isinstance(outputs, dict):
-            self._records.append((trainer.global_step - 1, outputs["sse"], self._pending))
+        loss = step_loss(outputs)
+        if self._active and self._pending is not None and loss is not None:
+            self._records.append((trainer.global_step - 1, loss.detach(), self._pending))
             self._pending = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active or self._batch is None or not self._records:
             return
-        assert isinstance(pl_module, PolynomialRegressor)
+        model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
         optimizer = trainer.optimizers[0]
         group = optimizer.param_groups[0]
         x, y = (t.detach().double().cpu().numpy() for t in self._batch)
+        # The start the run really took: the exact initial coefficients in the dtype it trains in.
+        start = model.initial_coefficients.to(model.coefficients.dtype).double().cpu().numpy()
         replay = reference.run(
-            pl_module.optimizer_name,
+            model.optimizer_name,
             x,
             y,
-            pl_module.initial_coefficients.double().cpu().numpy(),
+            start,
             lr=group["lr"],
             num_steps=trainer.global_step,
             alpha=group.get("alpha", 0.99),
@@ -291,21 +290,21 @@ class ParityCheck(L.Callback):
             record_every=1,
         )
         tolerance = Tolerance.for_run(
-            pl_module.optimizer_name, pl_module.coefficients.dtype, group["lr"], group.get("alpha", 0.99)
+            model.optimizer_name, model.coefficients.dtype, group["lr"], group.get("alpha", 0.99)
         )
         self.report = compare(
             steps=np.array([t for t, _, _ in self._records]),
-            lightning_losses=np.array([loss.item() for _, loss, _ in self._records]),
-            lightning_coefficients=np.stack([w.double().cpu().numpy() for _, _, w in self._records]),
-            lightning_final=pl_module.coefficients.detach().double().cpu().numpy(),
+            lightning_losses=torch.stack([loss for _, loss, _ in self._records]).double().cpu().numpy(),
+            lightning_coefficients=torch.stack([w for _, _, w in self._records]).double().cpu().numpy(),
+            lightning_final=model.coefficients.detach().double().cpu().numpy(),
             replay=replay,
             x=x,
             y=y,
             tolerance=tolerance,
         )
-        dtype = str(pl_module.coefficients.dtype).removeprefix("torch.")
+        dtype = str(model.coefficients.dtype).removeprefix("torch.")
         header = (
-            f"Parity with the numpy reference ({pl_module.optimizer_name}, lr={group['lr']:g}, {dtype}, "
+            f"Parity with the numpy reference ({model.optimizer_name}, lr={group['lr']:g}, {dtype}, "
             f"{trainer.global_step} steps from the same start):"
         )
         say(header + "\n" + self.report.format(self.every_n_steps))
@@ -314,7 +313,8 @@ class ParityCheck(L.Callback):
     def _log(self, trainer: L.Trainer, header: str) -> None:
         report = self.report
         assert report is not None
-        for t, ref_loss, rel in zip(report.steps, report.reference_losses, report.relative_differences, strict=True):
+        rows = zip(report.steps, report.reference_losses, report.relative_differences, strict=True)
+        for t, ref_loss, rel in ((t, r, d) for t, r, d in rows if t < EARLY_STEPS or (t + 1) % self.every_n_steps == 0):
             for logger in trainer.loggers:
                 logger.log_metrics({"parity/reference_loss": ref_loss, "parity/rel_diff": rel}, step=int(t))
         for logger in trainer.loggers:

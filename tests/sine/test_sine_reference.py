@@ -9,9 +9,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 
-from litpoly import PolynomialRegressor, SineDataModule, reference
+from conftest import REPO
+from sinefit import PolynomialRegressor, SineDataModule, reference
 
 X = np.linspace(-np.pi, np.pi, 2000)
 Y = np.sin(X)
@@ -21,7 +21,7 @@ def test_reference_module_imports_numpy_only() -> None:
     """Loaded on its own (not through the package, whose __init__ imports torch), it must not pull in torch."""
     code = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('ref', {str(REPO / 'src/litpoly/reference.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('ref', {str(REPO / 'src/sinefit/reference.py')!r})\n"
         "module = sys.modules['ref'] = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         "print(sorted(m for m in ('torch', 'lightning', 'torchmetrics') if m in sys.modules))\n"

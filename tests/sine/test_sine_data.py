@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from litpoly.data import SineDataModule, StepLoader
+from sinefit.data import SineDataModule
 
 
 def test_training_points_are_the_seeds_linspace() -> None:
@@ -33,27 +33,10 @@ def test_held_out_points_are_the_midpoints() -> None:
 
 
 def test_outside_a_trainer_batches_are_float32_cpu() -> None:
-    x, y = SineDataModule(num_samples=10)._on_device(SineDataModule(num_samples=10).train_x)
+    dm = SineDataModule(num_samples=10)
+    x, y = dm._points(dm.train_x)
     assert x.dtype == y.dtype == torch.float32 and x.device.type == "cpu"
     torch.testing.assert_close(y, torch.sin(x), rtol=0, atol=1e-7)
-
-
-def test_full_batch_loader_yields_the_same_tensors_every_step() -> None:
-    x, y = torch.arange(6.0), torch.arange(6.0) * 2
-    batches = list(StepLoader(x, y, num_steps=4))
-    assert len(batches) == 4
-    assert all(bx is x and by is y for bx, by in batches)  # no copies per step
-
-
-def test_mini_batches_cover_every_point_once_per_pass_and_are_reproducible() -> None:
-    x = torch.arange(10.0)
-    make = lambda: StepLoader(x, -x, num_steps=6, batch_size=4, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    batches = list(make())
-    assert [b[0].shape[0] for b in batches] == [4, 4, 2, 4, 4, 2]
-    assert sorted(torch.cat([b[0] for b in batches[:3]]).tolist()) == x.tolist()
-    assert all(torch.equal(by, -bx) for bx, by in batches)  # inputs and targets stay paired
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, make(), strict=True))
-    assert not torch.equal(batches[0][0], torch.arange(4.0))  # actually shuffled
 
 
 @pytest.mark.parametrize(("x_min", "x_max"), [(1.0, 1.0), (2.0, 1.0), (0.0, math.inf)])

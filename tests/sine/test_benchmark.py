@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 CONTESTANTS = {"numpy/sgd", "raw/sgd", "raw/rmsprop", "bare/sgd", "bare/rmsprop", "bare-null/sgd", "bare-null/rmsprop"}

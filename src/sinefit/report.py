@@ -1,0 +1,192 @@
+"""What the sine example shows beyond any run's report: the best possible fit, the gap to it, and how it looks.
+
+:class:`SineReport` is attached by :meth:`PolynomialRegressor.configure_callbacks
+<sinefit.model.PolynomialRegressor.configure_callbacks>` wherever the model runs. It
+
+- warns before training when SGD's lr is above its stability limit ``2/λmax(2XᵀX)`` on the training points;
+- logs ``optimum/a`` … ``optimum/d`` and ``optimum/loss`` (the closed-form least-squares fit: the floor of
+  every run), ``coef/a`` … at Lightning's logging cadence with ``train/gap_to_optimum`` (training loss minus
+  the floor), and a custom-scalars layout (CUSTOM SCALARS tab) that draws each learned coefficient beside its
+  closed-form value;
+- logs ``fit``, an image of the fitted polynomial against the target and the training points, and
+  ``equation``, the fitted equation as text, at each validation;
+- prints the seed's ``Result: y = a + b x + c x^2 + d x^3`` line at the end of training, and logs
+  ``final/loss`` and ``final/gap_to_optimum``;
+- after ``predict``, draws ``predictions.png`` beside the run's ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from litpoly.console import say, step_loss
+from litpoly.loggers import BackgroundWriter
+from sinefit import reference
+from sinefit.figures import FitFigure, plot_predictions
+from sinefit.polynomial import coefficient_names, format_polynomial
+
+if TYPE_CHECKING:
+    from sinefit.model import PolynomialRegressor
+
+#: The fit figure draws at most this many training points.
+FIGURE_POINTS = 200
+
+
+def training_points(trainer: L.Trainer, x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """All training points (or the points ``x``) and their targets in float64, from a data module that can
+    tell them (``train_x`` and ``target``, as :class:`~sinefit.data.SineDataModule`). Under DDP a process
+    trains on a shard only; this is all of them."""
+    datamodule: Any = getattr(trainer, "datamodule", None)
+    if not (hasattr(datamodule, "train_x") and hasattr(datamodule, "target")):
+        return None
+    points = datamodule.train_x.double() if x is None else torch.from_numpy(x)
+    return points.numpy(), datamodule.target(points).numpy()
+
+
+class SineReport(L.Callback):
+    """The example's own report: closed-form optimum, gap to it, fit figure, ``Result:`` line, SGD's limit.
+
+    Args:
+        figure: Draw the fit figure (and log the equation) at each validation.
+    """
+
+    def __init__(self, figure: bool = True) -> None:
+        self.figure = figure
+        self.optimum: np.ndarray | None = None
+        self.floor = 0.0
+        self._figure: FitFigure | None = None
+        self._figure_data: tuple[np.ndarray, ...] = ()
+        self._writer = BackgroundWriter()
+        self._predictions: list[dict[str, torch.Tensor]] = []
+
+    @staticmethod
+    def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    # -- before training ------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
+        points = training_points(trainer)
+        if points is None:
+            say("Note: the data module does not expose train_x and target: no optimum, gap or fit figure.")
+            return
+        x, y = points
+        self._warn_above_stability_limit(trainer, model, x)
+        self.optimum, self.floor = reference.closed_form(x, y, model.degree)
+        every = max(1, len(x) // FIGURE_POINTS)
+        curve = training_points(trainer, np.linspace(x[0], x[-1], 400))
+        assert curve is not None
+        self._figure_data = (x[::every].copy(), y[::every].copy(), *curve)
+        self._log_optimum(trainer, step=trainer.global_step)
+        tensorboard = self._tensorboard(trainer)
+        if tensorboard is not None and trainer.is_global_zero:
+            names = coefficient_names(model.degree)
+            tensorboard.experiment.add_custom_scalars(
+                {
+                    "Coefficients vs closed form": {n: ["Multiline", [f"coef/{n}", f"optimum/{n}"]] for n in names},
+                    "Loss": {
+                        "training loss vs floor": ["Multiline", ["train/loss", "optimum/loss"]],
+                        "gap to optimum": ["Multiline", ["train/gap_to_optimum"]],
+                    },
+                }
+            )
+
+    @staticmethod
+    def _warn_above_stability_limit(trainer: L.Trainer, model: PolynomialRegressor, x: np.ndarray) -> None:
+        if model.optimizer_name != "sgd" or getattr(trainer.datamodule, "batch_size", None) is not None:  # type: ignore[attr-defined]
+            return  # mini-batch SGD: each step sees a different, smaller sum
+        limit = reference.sgd_stability_limit(x, model.degree)
+        if model.lr >= limit:
+            say(
+                f"Warning: SGD lr {model.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
+                "for these points: the loss will grow every step.",
+                stderr=True,
+            )
+
+    def _log_optimum(self, trainer: L.Trainer, step: int) -> None:
+        assert self.optimum is not None
+        names = coefficient_names(len(self.optimum) - 1)
+        metrics = {f"optimum/{n}": float(v) for n, v in zip(names, self.optimum, strict=True)}
+        metrics["optimum/loss"] = self.floor
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    # -- during training ------------------------------------------------------------------------------
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # On the steps and with the step index that Lightning uses for the model's `train/loss`.
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        loss = step_loss(outputs)
+        if self.optimum is None or every <= 0 or trainer.global_step % every or loss is None:
+            return
+        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
+        total = float(trainer.strategy.reduce(loss.detach(), reduce_op="mean"))  # the sum over all points
+        # Straight to the loggers in one call: `self.log` costs far more per value.
+        metrics = {f"coef/{name}": value for name, value in model.coefficient_dict().items()}
+        metrics["train/gap_to_optimum"] = total - self.floor
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step - 1)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tensorboard = self._tensorboard(trainer)
+        if not self.figure or tensorboard is None or trainer.sanity_checking or not self._figure_data:
+            return
+        if not trainer.is_global_zero:
+            return
+        if self._figure is None:
+            self._figure = FitFigure(*self._figure_data)
+        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
+        coefficients = list(model.coefficient_dict().values())
+        image, step, experiment = self._figure.render(coefficients), trainer.global_step, tensorboard.experiment
+        self._writer.submit(experiment.add_image, "fit", image, step, dataformats="HWC")
+        self._writer.submit(experiment.add_text, "equation", format_polynomial(coefficients), step)
+
+    # -- at the end -----------------------------------------------------------------------------------
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._writer.close()
+        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
+        coefficients = model.coefficient_dict()
+        say(f"Result: {format_polynomial(list(coefficients.values()))}")
+        points = training_points(trainer)
+        if self.optimum is None or points is None:
+            return
+        x, y = (torch.from_numpy(a).to(model.device, model.coefficients.dtype) for a in points)
+        with torch.no_grad():
+            final_loss = float(F.mse_loss(model(x), y, reduction="sum"))
+        self._log_optimum(trainer, step=trainer.global_step)
+        # The coefficient curves end on the values of the `Result:` line, at the final step.
+        final = {f"coef/{name}": value for name, value in coefficients.items()}
+        final.update({"final/loss": final_loss, "final/gap_to_optimum": final_loss - self.floor})
+        for logger in trainer.loggers:
+            logger.log_metrics(final, step=trainer.global_step)
+        self._figure, self._figure_data = None, ()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._writer.close()
+
+    # -- predict ----------------------------------------------------------------------------------------
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
+    ) -> None:
+        self._predictions.append(outputs)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        predictions, self._predictions = self._predictions, []
+        if not trainer.is_global_zero or not predictions or trainer.log_dir is None:
+            return
+        x, target, prediction = (
+            torch.cat([p[key] for p in predictions]).detach().double().cpu().numpy()
+            for key in ("x", "target", "prediction")
+        )
+        path = Path(trainer.log_dir) / "predictions.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_predictions(x, target, prediction, path)
+        say(f"Figure of the predictions: {path}")

@@ -1,0 +1,96 @@
+"""``--ckpt_path`` for both problems: unusable checkpoints and settings that differ from the checkpoint's."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SINE, TWOMOONS, Problem, RunCLI, run_folder
+
+#: A model setting whose change makes other weights (an error), and one the weights survive (a warning).
+RESHAPES = {SINE.name: ("degree", "5", "coefficients"), TWOMOONS.name: ("hidden", "64", "net.0.bias")}
+SURVIVES = {SINE.name: ("optimizer", "rmsprop", "'sgd'"), TWOMOONS.name: ("lr", "0.5", "0.01")}
+
+
+class _Payload:
+    """Unpickling this would create a file: what a malicious checkpoint could do if it were loaded with code."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.target}",)
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_unusable_checkpoints_are_one_line_errors(
+    problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli("fit", *problem.select, *problem.quick)
+    good = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
+    truncated, text, payload = tmp_path / "truncated.ckpt", tmp_path / "notes.ckpt", tmp_path / "payload.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text.write_text("not a checkpoint")
+    created = tmp_path / "created-by-the-checkpoint"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(created)}}, payload, pickle_module=pickle)
+    key, value, _ = RESHAPES[problem.name]
+    other = TWOMOONS if problem is SINE else SINE
+    cases = [
+        (["--ckpt_path", "nowhere.ckpt"], "no such checkpoint file: nowhere.ckpt"),
+        (["--ckpt_path", str(truncated)], "is not a readable checkpoint (truncated or corrupt?)"),
+        (["--ckpt_path", str(text)], "is not a readable checkpoint"),
+        (["--ckpt_path", str(payload)], "holds objects that are not allowed to load (posix.system)"),
+        (["--ckpt_path", str(good), f"--model.{key}", value], f"`model.{key}` {value}"),
+        (["--ckpt_path", str(good), "--model.foo", "1"], "'foo' is not accepted"),
+    ]
+    capsys.readouterr()
+    for subcommand in ("fit", "validate"):
+        for args, message in cases:
+            with pytest.raises(SystemExit) as exit_info:
+                run_cli(subcommand, *problem.select, *args)
+            assert exit_info.value.code == 2
+            assert message in one_error_line(capsys), (subcommand, args)
+        # Another problem's settings against this checkpoint: the class differs, and that is said.
+        with pytest.raises(SystemExit):
+            run_cli(subcommand, *other.select, "--ckpt_path", str(good))
+        assert "holds a " in one_error_line(capsys)
+    assert not created.exists()  # the payload never ran
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # nothing new written
+
+
+def test_a_setting_the_weights_cannot_take_is_an_error_naming_it(
+    problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli("fit", *problem.select, *problem.quick)
+    key, value, weight = RESHAPES[problem.name]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
+    line = one_error_line(capsys)
+    assert f"holds weights that do not fit the model `model.{key}` {value} makes ({weight}:" in line
+    assert "leave it out to use the checkpoint's" in line
+
+
+def test_a_setting_the_weights_survive_is_a_warning_and_the_checkpoints_is_used(
+    problem: Problem, run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli("fit", *problem.select, *problem.quick)
+    key, value, saved = SURVIVES[problem.name]
+    capsys.readouterr()
+    cli = run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning:")]
+    assert warnings == [
+        f"Warning: `model.{key}` {value if key != 'optimizer' else repr(value)} is not used: the checkpoint's model "
+        f"was made with {saved}, and LightningCLI restores the model's settings with its weights."
+    ]
+    assert str(cli.model.hparams[key]) == saved.strip("'")

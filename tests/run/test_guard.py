@@ -1,0 +1,136 @@
+"""Run safety for any model: a diverged run stops at once with one line; checkpoints are never half-written."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import SINE, TWOMOONS, RunCLI, load_checkpoint
+from litpoly.checkpoints import AtomicCheckpointIO, NonFiniteCheckpointError
+from litpoly.errors import TrainingStopped
+from litpoly.guard import RunGuard
+
+
+def test_sgd_above_its_limit_is_warned_about_then_stopped_at_once(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--model.lr", "1e-5", "--checkpoint.every_n_train_steps", "10")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    warning = next(line for line in err if line.startswith("Warning:"))
+    assert "SGD lr 1e-05 is above the stability limit" in warning and "3.56e-06" in warning
+    match = re.fullmatch(
+        r"error: training diverged at step (\d+): the loss is (inf|nan) \(SGD, lr=1e-05\)\. "
+        r"Last good checkpoint: (\S+)\.",
+        err[-1],
+    )
+    assert match is not None, err[-1]
+    step = int(match.group(1))
+    assert step < 100  # stopped at once, not after 2400 NaN steps
+    # The last good checkpoint is finite and from before the divergence; no checkpoint holds NaN.
+    kept = load_checkpoint(Path(match.group(3)))
+    assert kept["global_step"] <= step and torch.isfinite(kept["state_dict"]["coefficients"]).all()
+    for path in (tmp_path / "lightning_logs").rglob("*.ckpt"):
+        assert all(torch.isfinite(w).all() for w in load_checkpoint(path)["state_dict"].values()), path
+
+
+def test_just_below_the_limit_trains_without_warning(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = run_cli("fit", "--model.lr", "3.5e-6", "--trainer.max_steps", "300", "--model.parity", "false")
+    assert "stability limit" not in capsys.readouterr().err
+    assert torch.isfinite(cli.model.coefficients).all()
+
+
+def test_a_loss_that_climbs_without_reaching_inf_is_stopped_by_the_threshold(
+    run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adam at lr 1e3 on the classifier: the loss climbs to hundreds, never to inf; the threshold stops it."""
+    climbing = [*TWOMOONS.select, "--model.lr", "1000", "--trainer.max_epochs", "5"]
+    unguarded = run_cli("fit", *climbing)
+    assert math.isfinite(unguarded.trainer.callback_metrics["train/loss"].item())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *climbing, "--guard.divergence_threshold", "10")
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"error: training diverged at step (\d+): the loss (\S+) exceeds `guard.divergence_threshold` 10 "
+        r"\(Adam, lr=1000\)\. (Last good checkpoint: \S+|No checkpoint was written before it)\.",
+        last,
+    )
+    assert match is not None, last
+    assert float(match.group(2)) > 10 and int(match.group(1)) < 35
+
+
+class _Broken(L.LightningModule):
+    """A model whose weights turn NaN after ``at_step`` steps while its loss, computed before the update, is finite."""
+
+    def __init__(self, at_step: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.at_step = at_step
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = (self.w**2).sum()
+        if self.global_step == self.at_step:  # adds 0 to the loss, and NaN to the gradient (sqrt' at 0 is inf)
+            loss = loss + 0 * (self.w - self.w.detach()).sqrt().sum()
+        return loss
+
+    def train_dataloader(self) -> Any:
+        return [torch.zeros(1)] * 20
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_every_parameter_is_checked_for_any_model(tmp_path: Path) -> None:
+    """A NaN gradient makes the weights NaN while the loss stays finite: the guard names the step, for a model
+    it knows nothing about."""
+    trainer = L.Trainer(
+        max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[RunGuard()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(
+        TrainingStopped, match=r"^training diverged at step 4: the parameters are no longer finite \(SGD, lr=0\.1\)"
+    ):
+        trainer.fit(_Broken(at_step=4))
+
+
+# -- checkpoints that are never half-written ---------------------------------------------------------------------
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def dies_halfway(self: Any, checkpoint: dict[str, Any], target: Path, storage_options: Any = None) -> None:
+        Path(target).write_bytes(before[: len(before) // 2])
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr("lightning.fabric.plugins.TorchCheckpointIO.save_checkpoint", dies_halfway)
+    with pytest.raises(OSError, match="killed while writing"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(NonFiniteCheckpointError, match="not finite"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([1.0, math.nan])}}, path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("problem", [SINE, TWOMOONS], ids=str)
+def test_fast_checks_stay_off_the_other_subcommands(problem: Any, run_cli: RunCLI, tmp_path: Path) -> None:
+    """RunGuard and the report belong to fit: validate carries no callback it does not use."""
+    run_cli("fit", *problem.select, *problem.quick)
+    trainer = run_cli("validate", *problem.select, "--ckpt_path", "last").trainer
+    assert not any(isinstance(c, RunGuard) for c in trainer.callbacks)  # type: ignore[attr-defined]

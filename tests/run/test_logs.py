@@ -1,0 +1,124 @@
+"""What every run records in TensorBoard, for both problems, read back with TensorBoard's own readers and server."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import SINE, TWOMOONS, Problem, RunCLI, run_folder
+
+
+def load(run: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def hparams_plugin(run: Path) -> dict[str, Any]:
+    accumulator = plugin_event_accumulator.EventAccumulator(str(run))
+    accumulator.Reload()
+    return accumulator.PluginTagToContent("hparams")  # type: ignore[no-any-return]
+
+
+def test_scalars_agree_with_the_console(
+    problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = run_cli("fit", *problem.select, *problem.quick)
+    out = capsys.readouterr().out
+    events = load(run_folder(tmp_path))
+    # Every loss line the console printed is the logged `train/loss` at the same step: the same cadence here.
+    printed = {int(step): float(loss) for step, loss in re.findall(r"^(\d+) (\S+)$", out, re.M)}
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert printed and printed.keys() == logged.keys()
+    for step, loss in printed.items():
+        assert logged[step] == pytest.approx(loss, rel=1e-6), step
+    # The learning rate, as the optimizer holds it, on the same steps.
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert [(e.step, e.value) for e in events.Scalars("train/lr")] == [(s, pytest.approx(lr)) for s in sorted(logged)]
+    validation = {SINE.name: "val/mse", TWOMOONS.name: "val/acc"}[problem.name]
+    assert validation in events.Tags()["scalars"]
+
+
+def test_hyperparameters_and_config_are_the_runs(problem: Problem, run_cli: RunCLI, tmp_path: Path) -> None:
+    cli = run_cli("fit", *problem.select, *problem.quick)
+    run = run_folder(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    content = hparams_plugin(run)
+    # Only the session's hyperparameters: no fixed list of metrics, so TensorBoard offers every scalar as one.
+    assert set(content) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    logged = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    for group in ("model", "data"):
+        for key, value in config[group]["init_args"].items():
+            if value is not None and not isinstance(value, list):
+                assert logged[key] == pytest.approx(value) if isinstance(value, float) else logged[key] == value, key
+    assert logged["seed"] == config["seed_everything"] == 1234
+    assert logged["precision"] == "32-true" and logged["devices"] == 1
+    assert logged["model"] == type(cli.model).__qualname__ and logged["data"] == type(cli.datamodule).__qualname__
+    # hparams.yaml holds the same values.
+    saved = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert {k: v for k, v in saved.items() if k in logged} == {k: v for k, v in logged.items() if k in saved}
+    text = load(run).Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert [line.removeprefix("    ") for line in text.splitlines()] == (run / "config.yaml").read_text().splitlines()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_both_problems_side_by_side(run_cli: RunCLI, tmp_path: Path) -> None:
+    """The real client: `tensorboard --logdir` on 127.0.0.1, asked over HTTP for scalars and the HPARAMS table."""
+    run_cli("fit", *SINE.select, *SINE.quick)
+    run_cli("fit", *TWOMOONS.select, *TWOMOONS.quick)
+    logs = tmp_path / "lightning_logs"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logs), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data"
+
+    def get(path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                tags = get("/plugin/scalars/tags")
+                if all("train/loss" in tags.get(f"version_{v}", {}) for v in (0, 1)):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tensorboard did not serve the runs in 90 s"
+            time.sleep(0.5)
+        series = get("/plugin/scalars/scalars?run=version_1&tag=train/loss")
+        events = load(logs / "version_1").Scalars("train/loss")
+        assert [(step, value) for _, step, value in series] == [(e.step, pytest.approx(e.value)) for e in events]
+        experiment = get("/plugin/hparams/experiment", {"experimentName": ""})
+        hparams = {info["name"] for info in experiment["hparamInfos"]}
+        metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
+        assert {"optimizer", "degree", "hidden", "batch_size", "seed", "precision"} <= hparams  # both models' settings
+        assert {"train/loss", "val/mse", "val/acc"} <= metrics  # both runs' scalars
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
