@@ -22,6 +22,11 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
+def last_checkpoints(logs: Path) -> list[Path]:
+    """Every run's ``checkpoints/last.ckpt`` under ``logs`` (``lightning_logs/``)."""
+    return list(logs.glob("version_*/checkpoints/last.ckpt"))
+
+
 def resolve_checkpoint(ckpt_path: str, logs: Path) -> Path:
     """The file ``--ckpt_path`` means: a path as given, or for ``last`` the newest ``last.ckpt`` under ``logs``.
 
@@ -32,7 +37,7 @@ def resolve_checkpoint(ckpt_path: str, logs: Path) -> Path:
         ValueError: One line naming the setting, when there is no such file.
     """
     if ckpt_path == "last":
-        candidates = list(logs.glob("version_*/checkpoints/last.ckpt"))
+        candidates = last_checkpoints(logs)
         if not candidates:
             raise ValueError(f"`ckpt_path` last: no run under {logs} has a checkpoints/last.ckpt to resume from")
         return max(candidates, key=lambda p: p.stat().st_mtime)

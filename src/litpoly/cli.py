@@ -45,7 +45,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly.checkpoints import AtomicCheckpointIO, PeriodicCheckpoint, read_checkpoint, resolve_checkpoint
+from litpoly.checkpoints import (
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    last_checkpoints,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from litpoly.console import ConsoleReport, TimedProgressBar, say
 from litpoly.errors import SettingError, TrainingStopped
 from litpoly.guard import RunGuard
@@ -107,6 +113,11 @@ def parse_error_line(message: str) -> str:
     """
     group = re.match(r'Parser key "([^"]+)":', message)
     problem = re.search(r"Problem with given class_path '([^']+)':\n((?:[ ]{8,}.*(?:\n|$))+)", message)
+    if group is not None and problem is None and "Union subtypes" in message:  # e.g. trainer.precision
+        subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+        given = re.search(r"Given value: (.*)", message)
+        if subtypes is not None and given is not None:
+            return f'Parser key "{group.group(1)}": Expected one of {subtypes.group(1)}. Got value: {given.group(1)}'
     if group is None or problem is None:
         return message
     detail = textwrap.dedent(problem.group(2)).strip()
@@ -248,6 +259,18 @@ def _weights_mismatch(model_config: Namespace, state_dict: dict[str, Any]) -> st
     return None
 
 
+def _innermost(error: BaseException, kind: type[BaseException]) -> BaseException:
+    """The first ``kind`` of exception in ``error``'s chain: jsonargparse wraps a class's own ``ValueError``
+    (raised in its ``__init__``, naming the setting) in one about the union of types a class path may take."""
+    innermost = error
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, kind):
+            innermost = cause
+        cause = cause.__cause__ or cause.__context__
+    return innermost
+
+
 # -- the CLI ------------------------------------------------------------------------------------------------
 
 
@@ -273,9 +296,15 @@ class LitCLI(LightningCLI):
         if config.get("ckpt_path") is None:
             return
         argv = list(sys.argv[1:] if args is None else args)
-        root = Path(config.trainer.get("default_root_dir") or Path.cwd()).expanduser()
+        logs = Path(config.trainer.get("default_root_dir") or Path.cwd()).expanduser() / "lightning_logs"
+        if subcommand == "fit" and config.ckpt_path == "last" and not last_checkpoints(logs):
+            # The auto-resume idiom of preemptible jobs (SLURM --requeue, spot instances): the same command is
+            # launched again and again, and the first launch has nothing to resume. As in Lightning: start fresh.
+            say(f"No checkpoints/last.ckpt under {logs} to resume from: starting a new run.")
+            config.ckpt_path = None
+            return
         try:
-            path = resolve_checkpoint(config.ckpt_path, root / "lightning_logs")
+            path = resolve_checkpoint(config.ckpt_path, logs)
             check_against_checkpoint(config, read_checkpoint(path), given_keys(argv, "model"), path)
         except ValueError as error:
             fail(str(error))
@@ -334,7 +363,7 @@ class LitCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as error:
-            fail(str(error))
+            fail(str(_innermost(error, ValueError)))
         except MisconfigurationException as error:
             fail(f"invalid Trainer setting: {error}")
 
