@@ -94,12 +94,13 @@ class RunGuard(L.Callback):
             self._stop_interrupted(trainer)
 
     def _divergence(self, loss: torch.Tensor) -> str | None:
-        """What is wrong with this step, if anything, read in one device sync."""
-        norm = torch.nn.utils.get_total_norm(self._parameters, error_if_nonfinite=False)
-        loss_value, norm_value = torch.stack([loss.detach().float().sum(), norm.float()]).tolist()
+        """What is wrong with this step, if anything, read in one device sync: the loss and the sum of each
+        parameter tensor (a NaN or an infinity anywhere in a tensor makes its sum non-finite)."""
+        sums = [p.detach().sum().float() for p in self._parameters]
+        loss_value, *parameter_sums = torch.stack([loss.detach().float().sum(), *sums]).tolist()
         if not math.isfinite(loss_value):
             return f"the loss is {loss_value}"
-        if not math.isfinite(norm_value):
+        if not all(math.isfinite(s) for s in parameter_sums):
             return "the parameters are no longer finite"
         if self.divergence_threshold is not None and loss_value > self.divergence_threshold:
             return f"the loss {loss_value:.6g} exceeds `guard.divergence_threshold` {self.divergence_threshold:g}"

@@ -12,11 +12,13 @@ rather than after every logging call.
 - ``train/lr``: each optimizer's learning rate at Lightning's logging cadence (what ``LearningRateMonitor``
   logs, without one more callback).
 
-:class:`BackgroundWriter` moves costly TensorBoard writes (an image's PNG encoding) off the training thread.
+:class:`BackgroundWriter` moves costly TensorBoard writes off the training thread, and :func:`add_figure`
+logs a plot as a small palette PNG.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 HParamValue = int | float | str | bool
@@ -62,6 +67,13 @@ class ThrottledTensorBoardLogger(TensorBoardLogger):
         if now - self._last_flush >= self.flush_secs:
             self._last_flush = now
             super().save()
+
+
+def _file_writer(experiment: SummaryWriter) -> Any:
+    """The writer of a ``SummaryWriter``'s event file, to add a summary it has no ``add_*`` method for."""
+    writer = experiment.file_writer  # made by SummaryWriter.__init__; None only after close()
+    assert writer is not None, "the TensorBoard writer is closed"
+    return writer
 
 
 def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, HParamValue]:
@@ -121,7 +133,7 @@ class RunReport(L.Callback):
         # The session's hyperparameters only, no fixed list of metrics: TensorBoard then offers every scalar
         # of every run as a metric column, so runs of different models and settings compare in one table.
         _, session_start, _ = hparams_summaries(params, {})  # type: ignore[no-untyped-call]
-        tensorboard.experiment.file_writer.add_summary(session_start)
+        _file_writer(tensorboard.experiment).add_summary(session_start)
         config = Path(tensorboard.log_dir) / "config.yaml"
         if config.is_file():  # written by LightningCLI's SaveConfigCallback just before
             text = "\n".join("    " + line for line in config.read_text().splitlines())  # a markdown code block
@@ -143,7 +155,7 @@ class RunReport(L.Callback):
         tensorboard = self._tensorboard(trainer)
         if tensorboard is not None and trainer.is_global_zero:
             _, _, session_end = hparams_summaries({}, {})  # type: ignore[no-untyped-call]  # status: success
-            tensorboard.experiment.file_writer.add_summary(session_end)
+            _file_writer(tensorboard.experiment).add_summary(session_end)
 
     @staticmethod
     def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -183,3 +195,27 @@ class BackgroundWriter:
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
+
+
+def add_figure(experiment: SummaryWriter, tag: str, image: np.ndarray, step: int, colors: int = 64) -> None:
+    """Log a plot to TensorBoard's IMAGES tab, as ``experiment.add_image`` would, in a fraction of the bytes.
+
+    A plot has few colours: as a palette PNG of at most ``colors`` of them it looks the same and is about a
+    quarter the size of the RGB PNG ``add_image`` writes. That matters beyond the disk: TensorBoard's event
+    writer checksums every record in pure Python, holding the GIL, so a large image slows training down
+    even when logged from another thread. Not for photographs, which need all their colours.
+
+    Args:
+        experiment: The ``SummaryWriter`` (``TensorBoardLogger.experiment``).
+        tag: The image's name in TensorBoard.
+        image: ``(height, width, 3)`` uint8 RGB.
+        step: The global step it belongs to.
+        colors: At most this many colours (2 to 256).
+    """
+    from PIL import Image  # imported here: only runs that log figures need it
+
+    height, width, _ = image.shape
+    buffer = io.BytesIO()
+    Image.fromarray(image).quantize(colors, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
+    png = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    _file_writer(experiment).add_summary(Summary(value=[Summary.Value(tag=tag, image=png)]), step)

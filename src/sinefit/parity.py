@@ -225,8 +225,9 @@ class ParityCheck(L.Callback):
         self.report: ParityReport | None = None
         self._active = False  # this run is being recorded (comparable)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        self._pending: torch.Tensor | None = None
+        self._first_step = 0
+        self._losses: list[torch.Tensor] = []  # the loss of each step, before its update
+        self._coefficients: list[torch.Tensor] = []  # at the start, then after each step's update
 
     def _skip_reason(self, trainer: L.Trainer) -> str | None:
         if trainer.world_size > 1:
@@ -247,30 +248,26 @@ class ParityCheck(L.Callback):
         return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.report, self._batch, self._records = None, None, []
+        self.report, self._batch, self._losses = None, None, []
         reason = self._skip_reason(trainer)
         if reason is not None:
             say(f"Parity check skipped: {reason}.")
         self._active = reason is None
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._active:
-            if self._batch is None:
-                self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
-            self._pending = pl_module.coefficients.detach().clone()  # type: ignore[operator]  # before the update
+        self._first_step = trainer.global_step  # 0, or where a resumed run goes on
+        self._coefficients = [pl_module.coefficients.detach().clone()] if self._active else []  # type: ignore[operator]
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = step_loss(outputs)
-        if self._active and self._pending is not None and loss is not None:
-            self._records.append((trainer.global_step - 1, loss.detach(), self._pending))
-            self._pending = None
+        if self._active and loss is not None:
+            if self._batch is None:
+                self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
+            self._losses.append(loss.detach())
+            self._coefficients.append(pl_module.coefficients.detach().clone())  # type: ignore[operator]
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active or self._batch is None or not self._records:
+        if not self._active or self._batch is None or not self._losses:
             return
         model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
         optimizer = trainer.optimizers[0]
@@ -292,10 +289,11 @@ class ParityCheck(L.Callback):
         tolerance = Tolerance.for_run(
             model.optimizer_name, model.coefficients.dtype, group["lr"], group.get("alpha", 0.99)
         )
+        coefficients = torch.stack(self._coefficients).double().cpu().numpy()
         self.report = compare(
-            steps=np.array([t for t, _, _ in self._records]),
-            lightning_losses=torch.stack([loss for _, loss, _ in self._records]).double().cpu().numpy(),
-            lightning_coefficients=torch.stack([w for _, _, w in self._records]).double().cpu().numpy(),
+            steps=np.arange(self._first_step, self._first_step + len(self._losses)),
+            lightning_losses=torch.stack(self._losses).double().cpu().numpy(),
+            lightning_coefficients=coefficients[:-1],
             lightning_final=model.coefficients.detach().double().cpu().numpy(),
             replay=replay,
             x=x,

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from litpoly.console import say, step_loss
-from litpoly.loggers import BackgroundWriter
+from litpoly.loader import StepLoader
+from litpoly.loggers import BackgroundWriter, add_figure
 from sinefit import reference
 from sinefit.figures import FitFigure, plot_predictions
 from sinefit.polynomial import coefficient_names, format_polynomial
@@ -39,15 +40,15 @@ if TYPE_CHECKING:
 FIGURE_POINTS = 200
 
 
-def training_points(trainer: L.Trainer, x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """All training points (or the points ``x``) and their targets in float64, from a data module that can
-    tell them (``train_x`` and ``target``, as :class:`~sinefit.data.SineDataModule`). Under DDP a process
-    trains on a shard only; this is all of them."""
-    datamodule: Any = getattr(trainer, "datamodule", None)
-    if not (hasattr(datamodule, "train_x") and hasattr(datamodule, "target")):
+def trained_points(trainer: L.Trainer) -> tuple[np.ndarray, np.ndarray] | None:
+    """All the points the run trains on, ``(x, y)``, in the dtype it trains in (under DDP too: the loader holds
+    them all and shards each batch), as numpy arrays without a float64 copy of them all: the reference reads
+    them in float64 chunk by chunk. ``None`` when the training loader is not a :class:`StepLoader` of ``(x, y)``."""
+    loader = trainer.train_dataloader
+    if not isinstance(loader, StepLoader) or len(loader.tensors) != 2:
         return None
-    points = datamodule.train_x.double() if x is None else torch.from_numpy(x)
-    return points.numpy(), datamodule.target(points).numpy()
+    x, y = (t.detach() if t.dtype in (torch.float32, torch.float64) else t.detach().float() for t in loader.tensors)
+    return x.cpu().numpy(), y.cpu().numpy()
 
 
 class SineReport(L.Callback):
@@ -73,17 +74,19 @@ class SineReport(L.Callback):
     # -- before training ------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
-        points = training_points(trainer)
+        points = trained_points(trainer)
         if points is None:
-            say("Note: the data module does not expose train_x and target: no optimum, gap or fit figure.")
+            say("Note: the training loader is not a StepLoader of (x, y): no optimum, gap or fit figure.")
             return
         x, y = points
         self._warn_above_stability_limit(trainer, model, x)
+        # The floor of this run: the least-squares fit of the very points it trains on.
         self.optimum, self.floor = reference.closed_form(x, y, model.degree)
         every = max(1, len(x) // FIGURE_POINTS)
-        curve = training_points(trainer, np.linspace(x[0], x[-1], 400))
-        assert curve is not None
-        self._figure_data = (x[::every].copy(), y[::every].copy(), *curve)
+        grid = np.linspace(float(x[0]), float(x[-1]), 400)
+        target = getattr(trainer.datamodule, "target", torch.sin)  # type: ignore[attr-defined]
+        self._figure_data = (x[::every].astype(np.float64), y[::every].astype(np.float64), grid,
+                             target(torch.from_numpy(grid)).numpy())  # fmt: skip
         self._log_optimum(trainer, step=trainer.global_step)
         tensorboard = self._tensorboard(trainer)
         if tensorboard is not None and trainer.is_global_zero:
@@ -146,7 +149,7 @@ class SineReport(L.Callback):
         model: PolynomialRegressor = pl_module  # type: ignore[assignment]
         coefficients = list(model.coefficient_dict().values())
         image, step, experiment = self._figure.render(coefficients), trainer.global_step, tensorboard.experiment
-        self._writer.submit(experiment.add_image, "fit", image, step, dataformats="HWC")
+        self._writer.submit(add_figure, experiment, "fit", image, step)
         self._writer.submit(experiment.add_text, "equation", format_polynomial(coefficients), step)
 
     # -- at the end -----------------------------------------------------------------------------------
@@ -155,10 +158,10 @@ class SineReport(L.Callback):
         model: PolynomialRegressor = pl_module  # type: ignore[assignment]
         coefficients = model.coefficient_dict()
         say(f"Result: {format_polynomial(list(coefficients.values()))}")
-        points = training_points(trainer)
-        if self.optimum is None or points is None:
+        loader = trainer.train_dataloader
+        if self.optimum is None or not isinstance(loader, StepLoader):
             return
-        x, y = (torch.from_numpy(a).to(model.device, model.coefficients.dtype) for a in points)
+        x, y = loader.tensors  # all the training points, on the device: for a full batch, the powers are reused
         with torch.no_grad():
             final_loss = float(F.mse_loss(model(x), y, reduction="sum"))
         self._log_optimum(trainer, step=trainer.global_step)
