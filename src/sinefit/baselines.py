@@ -11,6 +11,7 @@ same point, and read the loss back (a device sync) only on the recorded steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -52,8 +53,12 @@ def nn_loop(
     lr: float,
     num_steps: int,
     record_every: int = 100,
+    step_end: Callable[[int], None] | None = None,
 ) -> Curve:
-    """The seed's ``torch.nn`` cell: ``Linear`` on the powers ``x, x², x³`` (computed once), summed MSE, optimizer."""
+    """The seed's ``torch.nn`` cell: ``Linear`` on the powers ``x, x², x³`` (computed once), summed MSE, optimizer.
+
+    ``step_end(t)``, if given, is called after each update (the benchmark reads its clock there).
+    """
     degree = len(w0) - 1
     xx = x.unsqueeze(-1).pow(torch.arange(1, degree + 1, device=x.device))
     linear = torch.nn.Linear(degree, 1)
@@ -73,5 +78,7 @@ def nn_loop(
         optim.zero_grad()
         loss.backward()
         optim.step()
+        if step_end is not None:
+            step_end(t)
     final = [linear.bias.item(), *linear.weight.detach().flatten().tolist()]
     return Curve(steps, losses, final)

@@ -1,77 +1,63 @@
-"""The benchmark script runs end to end and its JSON is self-consistent (no claims about speed: machines differ)."""
+"""The benchmark runs end to end, and its JSON is consistent with itself (no claims about speed: machines differ)."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 
-CONTESTANTS = {"numpy/sgd", "raw/sgd", "raw/rmsprop", "bare/sgd", "bare/rmsprop", "bare-null/sgd", "bare-null/rmsprop"}
-CONTESTANTS |= {"litpoly/sgd", "litpoly/rmsprop"}
+
+@pytest.fixture
+def bench_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make scripts/ importable, as `python scripts/benchmark.py` does."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
 
 
-def positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+def test_quick_benchmark_writes_consistent_json(
+    bench_modules: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    from benchmark import benchmark  # scripts/benchmark.py
 
-
-@pytest.mark.slow
-def test_quick_benchmark_writes_consistent_json(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert f"Results written to {out}" in result.stdout
+    returned = benchmark(quick=True, repeats=2, out=out)
+    printed = capsys.readouterr().out
     report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert report["machine"]["device"] == "cpu"
+    size = report["sizes"]["500"]
+    assert size["repeats"] == 2
+    rows = size["rows"]
+    expected = {f"{kind}/{opt}" for kind in ("raw", "bare", "litpoly") for opt in ("sgd", "rmsprop")}
+    assert expected | {"bare-null/sgd"} <= set(rows)
+    for name, row in rows.items():
+        samples = row["samples_ms"]
+        assert len(samples) == 2 and all(math.isfinite(s) and s > 0 for s in samples), name
+        assert row["step_ms"] == pytest.approx(sum(samples) / 2)  # the median of two
+        assert row["spread_ms"] == pytest.approx((max(samples) - min(samples)) * 0.5)  # the IQR of two
+        assert row["resolved"] == (row["spread_ms"] <= 0.1 * row["step_ms"])
+    for name, ratio in size["ratios"].items():
+        a, b = name.split(" ")[0].split("/")
+        optimizer = name.split("(")[1].rstrip(")")
+        top, bottom = rows[f"{a}/{optimizer}"], rows[f"{b}/{optimizer}"]
+        assert ratio["value"] == pytest.approx(top["step_ms"] / bottom["step_ms"])
+        assert ratio["resolved"] == (top["resolved"] and bottom["resolved"])
+    # The breakdown: one cost per feature, the full fit's step minus the step without it.
+    for name, cost in size["breakdown"].items():
+        without = rows[f"without {name.strip()}"]
+        assert cost["cost_ms"] == pytest.approx(rows["litpoly/sgd"]["step_ms"] - without["step_ms"])
+    assert "What each default feature of litpoly's fit costs per step" in printed
+    assert f"Results written to {out}" in printed
 
-    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["device"] == "cpu"
-    startup = report["startup"]
-    assert positive(startup["import_lightning_s"]) and positive(startup["train_fit_1_step_s"])
-    assert startup["startup_over_import_s"] == pytest.approx(
-        startup["train_fit_1_step_s"] - startup["import_lightning_s"]
-    )
 
-    assert [r["size"] for r in report["results"]] == [500, 2000]
-    for size_result in report["results"]:
-        rows = size_result["contestants"]
-        assert set(rows) == CONTESTANTS
-        for name, row in rows.items():
-            assert positive(row["step_ms"]), (name, row)
-            assert len(row["step_ms_samples"]) == size_result["repeats"]
-            # memory_mib can be legitimately tiny (numpy on 500 points), but it is measured and finite.
-            assert math.isfinite(row["memory_mib"]) and row["memory_mib"] >= 0, (name, row)
-            raw = rows[f"raw/{row['optimizer']}"]
-            # Every ratio is what the JSON's own numbers give.
-            assert row["ratio_to_raw"] == pytest.approx(row["step_ms"] / raw["step_ms"], rel=1e-12)
-            if raw["memory_mib"] > 0:
-                assert row["memory_ratio_to_raw"] == pytest.approx(row["memory_mib"] / raw["memory_mib"], rel=1e-12)
-            if row["kind"] == "litpoly":
-                bare, bare_null = rows[f"bare/{row['optimizer']}"], rows[f"bare-null/{row['optimizer']}"]
-                assert row["ratio_to_bare"] == pytest.approx(row["step_ms"] / bare["step_ms"], rel=1e-12)
-                assert row["ratio_to_bare_null"] == pytest.approx(row["step_ms"] / bare_null["step_ms"], rel=1e-12)
-                summary = size_result["summary"][row["optimizer"]]
-                assert summary == {
-                    "litpoly/raw": row["ratio_to_raw"],
-                    "litpoly/bare": row["ratio_to_bare"],
-                    "litpoly/bare-null": row["ratio_to_bare_null"],
-                }
-            else:
-                assert row["ratio_to_bare"] is None and row["ratio_to_bare_null"] is None
-        assert rows["raw/sgd"]["ratio_to_raw"] == 1.0 and rows["raw/rmsprop"]["ratio_to_raw"] == 1.0
-    # The breakdown at 2000 points: every part timed, each cost a finite number of milliseconds. (At --quick's
-    # 200 steps the start-up noise can exceed the step itself, so no sign is asserted.)
-    breakdown = report["breakdown"]
-    assert breakdown["size"] == 2000 and math.isfinite(breakdown["full_step_ms"])
-    parts = set(breakdown["cost_ms"])
-    assert {"progress bar", "validation every 100 steps", "checkpoints (every 500 steps, last)"} <= parts
-    assert all(math.isfinite(cost) for cost in breakdown["cost_ms"].values())
-    assert "What each part of litpoly's fit costs per step at 2000 points" in result.stdout
-    # The table and the summary lines are printed too.
-    assert "litpoly/raw" in result.stdout and "start-up over import lightning" in result.stdout
+def test_one_contestant_runs_in_a_fresh_process(bench_modules: None) -> None:
+    """The real path: a contestant in its own process, its start-up measured from the spawn."""
+    from bench.contestants import Spec, run_in_new_process
+
+    result = run_in_new_process(Spec("litpoly", "sgd", 500, "cpu", steps=30, start=5, stop=25))
+    assert result["step_s"] > 0 and result["peak_mib"] > 0
+    assert 0 < result["startup_s"] < 120  # from the process's start to its first training step
