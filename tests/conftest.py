@@ -29,24 +29,60 @@ TRAIN = REPO / "scripts" / "train.py"
 RunCLI = Callable[..., LitCLI]
 
 
+Witness = Callable[[dict[str, torch.Tensor], np.ndarray, np.ndarray], dict[str, float]]
+
+
 @dataclass(frozen=True)
 class Problem:
-    """A problem the run layer trains: the flags that choose it, and those of a quick run of it.
+    """A problem the run layer is tested on: how to pick it, and what the generic tests need to know of it.
+
+    To test the run layer on your own problem, add one of these to ``PROBLEMS``.
 
     Attributes:
-        name: ``sine`` or ``twomoons``.
+        name: Its name in test ids.
         select: The flags that pick its model and data (none for the default config).
-        quick: A short run: a few seconds, validation and console lines included.
+        quick: A short run (seconds), validations and console lines included, all steps in one epoch or more.
         steps: How many optimizer steps ``quick`` makes.
+        long: A run long enough to be interrupted mid-way (a few seconds), and ``long_steps`` its steps.
+        minibatches: Flags that make it train on several mini-batches an epoch (none if it already does).
+        reshape: A model setting, a value for it that changes the weights' shapes, and the first weight
+            (by name) whose shape it changes.
+        survives: A model setting and a value for it that leaves every weight's shape as it is.
+        witness: Its validation metrics (names without ``val/``) computed with numpy alone, from a
+            checkpoint's state dict and the held-out inputs and targets.
     """
 
     name: str
     select: tuple[str, ...]
     quick: tuple[str, ...]
     steps: int
+    long: tuple[str, ...]
+    long_steps: int
+    minibatches: tuple[str, ...]
+    reshape: tuple[str, str, str]
+    survives: tuple[str, str]
+    witness: Witness
 
     def __str__(self) -> str:
         return self.name
+
+
+def sine_metrics(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    err = np.polynomial.polynomial.polyval(x, state["coefficients"].double().numpy()) - y
+    return {
+        "sse": float(np.sum(err**2)),
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": float(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2)),
+    }
+
+
+def twomoons_metrics(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    w = {k: v.double().numpy() for k, v in state.items()}
+    hidden = np.tanh(np.tanh(x @ w["net.0.weight"].T + w["net.0.bias"]) @ w["net.2.weight"].T + w["net.2.bias"])
+    logits = (hidden @ w["net.4.weight"].T + w["net.4.bias"])[:, 0]
+    loss = np.mean(np.logaddexp(0.0, logits) - y * logits)  # binary cross-entropy of the logits
+    return {"loss": float(loss), "acc": float(np.mean((logits > 0) == (y == 1)))}
 
 
 # fmt: off
@@ -56,14 +92,26 @@ SINE = Problem(
     quick=("--trainer.max_steps", "30", "--trainer.val_check_interval", "10",
            "--console.every_n_steps", "10", "--trainer.log_every_n_steps", "10"),
     steps=30,
+    long=("--model.optimizer", "rmsprop", "--model.parity", "false"),  # 2400 full-batch steps
+    long_steps=2400,
+    minibatches=("--data.batch_size", "500"),
+    reshape=("degree", "5", "coefficients"),
+    survives=("optimizer", "rmsprop"),
+    witness=sine_metrics,
 )
-# fmt: on
 TWOMOONS = Problem(
     "twomoons",
     select=("--config", str(TESTS / "twomoons.yaml")),
     quick=("--trainer.max_epochs", "3", "--console.every_n_steps", "7", "--trainer.log_every_n_steps", "7"),
     steps=21,  # 800 training points in batches of 128: 7 steps an epoch
+    long=("--trainer.max_epochs", "60", "--trainer.enable_model_summary", "false"),
+    long_steps=420,
+    minibatches=(),
+    reshape=("hidden", "64", "net.0.bias"),
+    survives=("lr", "0.5"),
+    witness=twomoons_metrics,
 )
+# fmt: on
 PROBLEMS = [SINE, TWOMOONS]
 
 

@@ -9,11 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SINE, TWOMOONS, Problem, RunCLI, run_folder
-
-#: A model setting whose change makes other weights (an error), and one the weights survive (a warning).
-RESHAPES = {SINE.name: ("degree", "5", "coefficients"), TWOMOONS.name: ("hidden", "64", "net.0.bias")}
-SURVIVES = {SINE.name: ("optimizer", "rmsprop", "'sgd'"), TWOMOONS.name: ("lr", "0.5", "0.01")}
+from conftest import PROBLEMS, Problem, RunCLI, load_checkpoint, run_folder
 
 
 class _Payload:
@@ -43,8 +39,8 @@ def test_unusable_checkpoints_are_one_line_errors(
     text.write_text("not a checkpoint")
     created = tmp_path / "created-by-the-checkpoint"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(created)}}, payload, pickle_module=pickle)
-    key, value, _ = RESHAPES[problem.name]
-    other = TWOMOONS if problem is SINE else SINE
+    key, value, _ = problem.reshape
+    other = next(p for p in PROBLEMS if p is not problem)
     cases = [
         (["--ckpt_path", "nowhere.ckpt"], "no such checkpoint file: nowhere.ckpt"),
         (["--ckpt_path", str(truncated)], "is not a readable checkpoint (truncated or corrupt?)"),
@@ -72,7 +68,7 @@ def test_a_setting_the_weights_cannot_take_is_an_error_naming_it(
     problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_cli("fit", *problem.select, *problem.quick)
-    key, value, weight = RESHAPES[problem.name]
+    key, value, weight = problem.reshape
     capsys.readouterr()
     with pytest.raises(SystemExit):
         run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
@@ -82,15 +78,17 @@ def test_a_setting_the_weights_cannot_take_is_an_error_naming_it(
 
 
 def test_a_setting_the_weights_survive_is_a_warning_and_the_checkpoints_is_used(
-    problem: Problem, run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
+    problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_cli("fit", *problem.select, *problem.quick)
-    key, value, saved = SURVIVES[problem.name]
+    key, value = problem.survives
+    saved = load_checkpoint(run_folder(tmp_path) / "checkpoints" / "last.ckpt")["hyper_parameters"][key]
     capsys.readouterr()
     cli = run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning:")]
-    assert warnings == [
-        f"Warning: `model.{key}` {value if key != 'optimizer' else repr(value)} is not used: the checkpoint's model "
-        f"was made with {saved}, and LightningCLI restores the model's settings with its weights."
-    ]
-    assert str(cli.model.hparams[key]) == saved.strip("'")
+    assert len(warnings) == 1 and warnings[0].startswith(f"Warning: `model.{key}` ")
+    assert warnings[0].endswith(
+        f" is not used: the checkpoint's model was made with {saved!r}, and LightningCLI restores the model's "
+        "settings with its weights."
+    )
+    assert cli.model.hparams[key] == saved

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import SINE, TWOMOONS, Problem, RunCLI, run_folder
+from conftest import PROBLEMS, Problem, RunCLI, run_folder
 
 
 def load(run: Path) -> EventAccumulator:
@@ -48,8 +48,9 @@ def test_scalars_agree_with_the_console(
     # The learning rate, as the optimizer holds it, on the same steps.
     lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
     assert [(e.step, e.value) for e in events.Scalars("train/lr")] == [(s, pytest.approx(lr)) for s in sorted(logged)]
-    validation = {SINE.name: "val/mse", TWOMOONS.name: "val/acc"}[problem.name]
-    assert validation in events.Tags()["scalars"]
+    x, y = (t.double().numpy() for t in cli.trainer.val_dataloaders.tensors)
+    validation = {f"val/{name}" for name in problem.witness(cli.model.state_dict(), x, y)}
+    assert validation <= set(events.Tags()["scalars"])
 
 
 def test_hyperparameters_and_config_are_the_runs(problem: Problem, run_cli: RunCLI, tmp_path: Path) -> None:
@@ -82,11 +83,11 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_tensorboard_serves_both_problems_side_by_side(run_cli: RunCLI, tmp_path: Path) -> None:
+def test_tensorboard_serves_every_problem_side_by_side(run_cli: RunCLI, tmp_path: Path) -> None:
     """The real client: `tensorboard --logdir` on 127.0.0.1, asked over HTTP for scalars and the HPARAMS table."""
-    run_cli("fit", *SINE.select, *SINE.quick)
-    run_cli("fit", *TWOMOONS.select, *TWOMOONS.quick)
+    clis = [run_cli("fit", *problem.select, *problem.quick) for problem in PROBLEMS]
     logs = tmp_path / "lightning_logs"
+    versions = range(len(clis))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logs), "--host", "127.0.0.1", "--port", str(port)],
@@ -105,7 +106,7 @@ def test_tensorboard_serves_both_problems_side_by_side(run_cli: RunCLI, tmp_path
         while True:
             try:
                 tags = get("/plugin/scalars/tags")
-                if all("train/loss" in tags.get(f"version_{v}", {}) for v in (0, 1)):
+                if all("train/loss" in tags.get(f"version_{v}", {}) for v in versions):
                     break
             except OSError:
                 pass
@@ -117,8 +118,10 @@ def test_tensorboard_serves_both_problems_side_by_side(run_cli: RunCLI, tmp_path
         experiment = get("/plugin/hparams/experiment", {"experimentName": ""})
         hparams = {info["name"] for info in experiment["hparamInfos"]}
         metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-        assert {"optimizer", "degree", "hidden", "batch_size", "seed", "precision"} <= hparams  # both models' settings
-        assert {"train/loss", "val/mse", "val/acc"} <= metrics  # both runs' scalars
+        # Every model's settings and every run's scalars, in one table.
+        settings = {k for cli in clis for k in (*cli.model.hparams, *cli.datamodule.hparams) if not k.startswith("_")}
+        assert settings | {"seed", "precision", "devices", "max_steps", "max_epochs"} <= hparams
+        assert set().union(*(load(logs / f"version_{v}").Tags()["scalars"] for v in versions)) <= metrics
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -18,17 +18,12 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import SINE, TWOMOONS, Problem, assert_same_weights, load_checkpoint, subprocess_env, train_command
-
-#: Long enough that a signal lands mid-run: the sine's 2400 full-batch steps; 60 epochs of 7 mini-batches.
-LONG = {SINE.name: ["--model.optimizer", "rmsprop"], TWOMOONS.name: ["--trainer.max_epochs", "60"]}
-TOTAL = {SINE.name: 2400, TWOMOONS.name: 420}
+from conftest import PROBLEMS, Problem, assert_same_weights, load_checkpoint, subprocess_env, train_command
 
 
 def fit(problem: Problem, *args: str) -> list[str]:
-    """The fit command of ``problem``, without what only slows it down here (the sine's parity replay)."""
-    quiet = ["--model.parity", "false"] if problem is SINE else ["--trainer.enable_model_summary", "false"]
-    return train_command("fit", *problem.select, *quiet, *args)
+    """The command of a long run of ``problem``, with ``args``."""
+    return train_command("fit", *problem.select, *problem.long, *args)
 
 
 def last_checkpoint(cwd: Path, version: int) -> Path:
@@ -64,14 +59,17 @@ def start_and_signal(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("problem", "signame"), [(SINE, "SIGINT"), (TWOMOONS, "SIGTERM")], ids=str)
-def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem, signame: str) -> None:
-    args = fit(problem, *LONG[problem.name], "--console.every_n_steps", "1")
-    full = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert full.returncode == 0, full.stderr[-2000:]
+def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem) -> None:
+    signame = "SIGINT" if problem is PROBLEMS[0] else "SIGTERM"  # Ctrl-C for one, a scheduler's stop for the other
+    args = fit(problem, "--console.every_n_steps", "1")
+    (tmp_path / "full").mkdir()
+    full_log = tmp_path / "full" / "stdout.txt"
+    with full_log.open("w") as stdout:  # the uninterrupted run, alongside
+        full = subprocess.Popen(args, cwd=tmp_path / "full", stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                env=subprocess_env())  # fmt: skip
 
     signum = getattr(signal, signame)
-    at_step = TOTAL[problem.name] // 3 + 2  # mid-epoch for the mini-batches too (7 batches an epoch)
+    at_step = problem.long_steps // 3 + 2  # and some steps later: mid-epoch for mini-batches too
     process = start_and_signal(args, tmp_path, at_step, signum)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, err[-2000:]
@@ -83,7 +81,7 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem
     )
     assert match is not None, message
     stopped, saved = int(match.group(1)), Path(match.group(2))
-    assert at_step < stopped < TOTAL[problem.name] and match.group(3) == str(saved)
+    assert at_step < stopped < problem.long_steps and match.group(3) == str(saved)
     assert load_checkpoint(saved)["global_step"] == stopped  # the checkpoint is of the last completed step
 
     resumed = subprocess.run(
@@ -91,43 +89,47 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem
         env=subprocess_env(),
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = last_checkpoint(tmp_path, 0), last_checkpoint(tmp_path, 2)
-    assert load_checkpoint(a)["global_step"] == load_checkpoint(b)["global_step"] == TOTAL[problem.name]
+    _, full_err = full.communicate(timeout=300)
+    assert full.returncode == 0, full_err[-2000:]
+    a, b = last_checkpoint(tmp_path / "full", 0), last_checkpoint(tmp_path, 1)
+    assert load_checkpoint(a)["global_step"] == load_checkpoint(b)["global_step"] == problem.long_steps
     assert_same_weights(load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"])  # bit for bit
     assert_same_optimizer_state(optimizer_state(a), optimizer_state(b))
     # The resumed run prints the very same losses from where it went on.
-    losses = dict(re.findall(r"^(\d+) (\S+)$", full.stdout, re.M))
+    losses = dict(re.findall(r"^(\d+) (\S+)$", full_log.read_text(), re.M))
     for step, loss in re.findall(r"^(\d+) (\S+)$", resumed.stdout, re.M):
         assert int(step) > stopped - 1 and losses[step] == loss, step
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("problem", [SINE, TWOMOONS], ids=str)
-def test_sigkill_at_random_moments_then_resume_from_last(tmp_path: Path, problem: Problem) -> None:
-    """A checkpoint every step, so kills land mid-write too; every file on disk stays whole, and resuming from
-    the newest run's last.ckpt each time ends exactly where an uninterrupted run does."""
-    steps = {SINE.name: ["--trainer.max_steps", "600", "--model.optimizer", "rmsprop"],
-             TWOMOONS.name: ["--trainer.max_epochs", "86"]}[problem.name]  # fmt: skip  # 600 and 602 steps
+def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path, problem: Problem) -> None:
+    """The auto-resume idiom of preemptible jobs: the same command, with `--ckpt_path last`, launched again and
+    again. The first launch has nothing to resume and starts fresh; each is killed at a random moment (a
+    checkpoint every step, so kills land mid-write too); every file on disk stays whole; the last launch runs
+    to the end exactly where an uninterrupted run does (600 steps, counted in steps: one epoch that passes
+    over the mini-batches several times)."""
+    steps = ["--trainer.max_steps", "600", "--trainer.max_epochs", "-1"]
     args = fit(problem, *steps, "--console.every_n_steps", "1", "--checkpoint.every_n_train_steps", "1")
     full = tmp_path / "full"
     full.mkdir()
-    subprocess.run(args, cwd=full, capture_output=True, timeout=300, check=True, env=subprocess_env())
-    total = load_checkpoint(last_checkpoint(full, 0))["global_step"]
-
+    uninterrupted = subprocess.Popen(args, cwd=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=subprocess_env())  # fmt: skip  # alongside
+    command = [*args, "--ckpt_path", "last"]
     rng = random.Random(20261126)
-    resume: list[str] = []
     for kill in range(3):
         at_step = rng.randrange(50, 150) + 150 * kill
-        process = start_and_signal([*args, *resume], tmp_path, at_step, signal.SIGKILL, delay=rng.uniform(0, 0.05))
-        process.communicate(timeout=300)
-        assert process.returncode == -signal.SIGKILL
+        process = start_and_signal(command, tmp_path, at_step, signal.SIGKILL, delay=rng.uniform(0, 0.05))
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == -signal.SIGKILL, err[-2000:]
         for path in (tmp_path / "lightning_logs").rglob("*.ckpt"):  # every checkpoint on disk is whole
             checkpoint = load_checkpoint(path)
-            assert 0 < checkpoint["global_step"] <= total, path
-        resume = ["--ckpt_path", "last"]
-    finished = subprocess.run([*args, *resume], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            assert 0 < checkpoint["global_step"] <= 600, path
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env=subprocess_env())  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-2000:]
+    _, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-2000:]
+    total = load_checkpoint(last_checkpoint(full, 0))["global_step"]
     ours, reference = last_checkpoint(tmp_path, 3), last_checkpoint(full, 0)
     assert load_checkpoint(ours)["global_step"] == total
     assert_same_weights(load_checkpoint(ours)["state_dict"], load_checkpoint(reference)["state_dict"])

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from conftest import REPO, RunCLI, least_squares, run_folder, run_train
+from conftest import REPO, RunCLI, least_squares, load_checkpoint, run_folder, run_train
 
 STEPS = ["--trainer.max_steps", "300", "--trainer.log_every_n_steps", "10"]
 
@@ -81,6 +82,36 @@ def test_the_default_run_prints_no_warnings(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert not re.search(r"warn|deprecat|Tip:", output, re.I), output[-2000:]
     assert "Result: y = " in output and "Verdict: MATCH" in output
+
+
+def test_sgd_above_its_limit_is_warned_about_then_stopped_at_once(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--model.lr", "1e-5", "--checkpoint.every_n_train_steps", "10")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    warning = next(line for line in err if line.startswith("Warning:"))
+    assert "SGD lr 1e-05 is above the stability limit" in warning and "3.56e-06" in warning
+    match = re.fullmatch(
+        r"error: training diverged at step (\d+): the loss is (inf|nan) \(SGD, lr=1e-05\)\. "
+        r"Last good checkpoint: (\S+)\.",
+        err[-1],
+    )
+    assert match is not None, err[-1]
+    step = int(match.group(1))
+    assert step < 100  # stopped at once, not after 2400 NaN steps
+    # The last good checkpoint is finite and from before the divergence; no checkpoint holds NaN.
+    kept = load_checkpoint(Path(match.group(3)))
+    assert kept["global_step"] <= step and torch.isfinite(kept["state_dict"]["coefficients"]).all()
+    for path in (tmp_path / "lightning_logs").rglob("*.ckpt"):
+        assert all(torch.isfinite(w).all() for w in load_checkpoint(path)["state_dict"].values()), path
+
+
+def test_just_below_the_limit_trains_without_warning(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = run_cli("fit", "--model.lr", "3.5e-6", "--trainer.max_steps", "300", "--model.parity", "false")
+    assert "stability limit" not in capsys.readouterr().err
+    assert torch.isfinite(cli.model.coefficients).all()
 
 
 # -- full-length runs, against the closed-form optimum ---------------------------------------------------
