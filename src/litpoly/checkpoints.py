@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -111,7 +112,7 @@ class PeriodicCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint``, with a default made for runs that count steps, and a cached ``state_key``.
 
     A drop-in: every setting is ``ModelCheckpoint``'s, and so is the key its state is saved under, so
-    checkpoints written with either class restore the other's state. Two differences:
+    checkpoints written with either class restore the other's state. Three differences:
 
     - Saving by steps or time (``every_n_train_steps``, ``train_time_interval``) with no ``monitor``,
       ``save_on_train_epoch_end`` defaults to true: no save is tied to validation then, but when validation
@@ -121,6 +122,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
     - Lightning names each callback by its ``state_key`` whenever it calls one of its hooks, several times a
       step; ``ModelCheckpoint`` builds that string anew from its settings each time. The settings do not
       change after ``__init__``, so neither does the key: it is built once.
+    - ``fast_dev_run`` writes no ``last.ckpt`` (Lightning 2.6 writes one at the end of training, although it
+      says checkpointing is off for ``fast_dev_run``).
 
     Args:
         monitor: Logged metric that ranks checkpoints (e.g. ``val/mse``); ``None`` keeps the latest.
@@ -140,3 +143,9 @@ class PeriodicCheckpoint(ModelCheckpoint):
     @cached_property
     def state_key(self) -> str:
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning 2.6 says fast_dev_run disables checkpointing, then writes last.ckpt here anyway (into the
+        # working folder, as a fast_dev_run has no logger).
+        if not getattr(trainer, "fast_dev_run", False):
+            super().on_train_end(trainer, pl_module)

@@ -25,6 +25,8 @@ in TensorBoard, a CSV of predictions, and one-line errors for bad settings and c
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
@@ -52,7 +54,7 @@ from litpoly.checkpoints import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from litpoly.console import ConsoleReport, TimedProgressBar, say
+from litpoly.console import ConsoleReport, LineProgress, TimedProgressBar, say
 from litpoly.errors import SettingError, TrainingStopped
 from litpoly.guard import RunGuard
 from litpoly.loggers import RunReport, ThrottledTensorBoardLogger
@@ -271,6 +273,33 @@ def _innermost(error: BaseException, kind: type[BaseException]) -> BaseException
     return innermost
 
 
+def next_run_folder(logs: Path) -> Path:
+    """``logs/version_N`` for the next ``N``, as Lightning's loggers number their runs."""
+    numbers = [int(p.name.split("_", 1)[1]) for p in logs.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return logs / f"version_{max(numbers, default=-1) + 1}"
+
+
+def _summarized(method: Any, summary: str) -> Any:
+    """``method`` with ``summary`` as its docstring's first line, which LightningCLI shows as the subcommand's help.
+    (Lightning's own first lines are cut mid-sentence where its docstrings wrap.)"""
+
+    @functools.wraps(method)
+    def wrapper(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    wrapper.__doc__ = f"{summary}\n\n{inspect.getdoc(method) or ''}"
+    return wrapper
+
+
+class LitTrainer(Trainer):
+    """Lightning's Trainer, its subcommands described in whole sentences in ``train.py --help``."""
+
+    fit = _summarized(Trainer.fit, "Train the model, validating it as the config says.")
+    validate = _summarized(Trainer.validate, "Evaluate a checkpoint on the validation data.")
+    test = _summarized(Trainer.test, "Evaluate a checkpoint on the test data.")
+    predict = _summarized(Trainer.predict, "Write a checkpoint's predictions to predictions.csv in the run folder.")
+
+
 # -- the CLI ------------------------------------------------------------------------------------------------
 
 
@@ -315,12 +344,14 @@ class LitCLI(LightningCLI):
 
         - ``PeriodicCheckpoint`` from ``--checkpoint.*`` (``save_last``): every run has ``checkpoints/last.ckpt``.
         - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` is set).
-        - ``TimedProgressBar``: redrawn ten times a second, not every step.
+        - ``TimedProgressBar``: redrawn ten times a second, not every step; ``LineProgress`` (whole lines) when
+          the output goes to a file or a pipe rather than a terminal.
         - ``ThrottledTensorBoardLogger`` where Lightning would make its default ``TensorBoardLogger``:
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
           nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
-        - ``RunGuard`` (``--guard.*``) and ``RunReport`` for ``fit``, ``PredictionWriter`` for ``predict``.
+        - ``RunReport`` (hyperparameters, config); ``RunGuard`` (``--guard.*``) for ``fit``; ``PredictionWriter``
+          for ``predict``.
 
         Added here rather than in ``trainer_defaults`` (which always applies) so that
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false``,
@@ -338,18 +369,24 @@ class LitCLI(LightningCLI):
         ):
             defaults.append(subconfig.checkpoint)
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            defaults.append(TimedProgressBar())
+            # A bar redrawn in place on a terminal; whole lines in a file or a pipe, which keep every frame.
+            defaults.append(TimedProgressBar() if sys.stdout.isatty() else LineProgress())
+        defaults.append(RunReport())
         if self.subcommand == "fit":
-            defaults += [subconfig.guard, RunReport()]
+            defaults.append(subconfig.guard)
         if self.subcommand == "predict":
             defaults.append(PredictionWriter())
         if defaults:
             kwargs.setdefault("callbacks", [*callbacks, *defaults])
+        root = str(config.get("default_root_dir") or os.getcwd())
+        if "://" not in root:  # a local path: `~` expanded, as the Trainer does for its own default_root_dir
+            root = os.path.normpath(os.path.expanduser(root))
         if config.get("logger") in (None, True):  # Lightning's default logger, as Lightning would make it
-            root = str(config.get("default_root_dir") or os.getcwd())
-            if "://" not in root:  # a local path: `~` expanded, as the Trainer does for its own default_root_dir
-                root = os.path.normpath(os.path.expanduser(root))
             kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=SLURMEnvironment.job_id()))
+        elif config.get("logger") is False and not config.get("fast_dev_run") and "://" not in root:
+            # Without a logger, Lightning writes config.yaml and checkpoints/ straight into the working folder, where
+            # the next run's would collide with them: the run gets its own folder, numbered like a logger's.
+            kwargs.setdefault("default_root_dir", str(next_run_folder(Path(root) / "lightning_logs")))
         if config.get("profiler") is None:
             kwargs.setdefault("profiler", NullProfiler())
         if not config.get("plugins"):
@@ -389,6 +426,7 @@ def cli_main(args: list[str] | None = None, default_config: Path | str | None = 
             parser_kwargs[name]["default_config_files"] = [str(default_config)]
     try:
         return LitCLI(
+            trainer_class=LitTrainer,
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults=TRAINER_DEFAULTS,
             parser_kwargs=parser_kwargs,

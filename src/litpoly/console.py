@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -72,7 +72,7 @@ class ConsoleReport(L.Callback):
     def _announce(self, trainer: L.Trainer) -> None:
         # Once the data is loaded and every setup hook has run, so that a run refused during setup prints one
         # line, its error, and no run folder that is then removed.
-        if not self._announced and trainer.log_dir is not None and trainer.loggers:
+        if not self._announced and trainer.log_dir is not None and not getattr(trainer, "fast_dev_run", False):
             device = trainer.strategy.root_device.type
             where = device if trainer.world_size == 1 else f"{trainer.world_size} processes on {device}"
             say(f"Run folder: {trainer.log_dir} (seed {torch.initial_seed()}, {trainer.precision} on {where})")
@@ -111,6 +111,69 @@ class ConsoleReport(L.Callback):
                 shutil.rmtree(folder)  # made by this run's logger moments ago; it holds nothing worth keeping
                 with contextlib.suppress(OSError):  # and its parent, if this run made that too
                     folder.parent.rmdir()
+
+
+class LineProgress(ProgressBar):
+    """The progress bar for a log file: a plain line every ``interval`` seconds of training, and one at the end.
+
+    A terminal redraws tqdm's bar in place; a file or a pipe (``> train.log``, ``| tee``, ``#SBATCH --output``)
+    keeps every frame, with carriage returns between them, and the messages printed meanwhile stick to the
+    last frame. This prints whole lines instead, with the bar's numbers::
+
+        Epoch 0, step 1200/2400, 1180 it/s: v_num=0, train/loss=8.930
+
+    Args:
+        interval: Seconds between two lines during training.
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._enabled = True
+        self._started = 0.0
+        self._next_line = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+        self._next_line = self._started + self.interval
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._enabled and time.monotonic() >= self._next_line:
+            self._line(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._enabled:
+            self._line(trainer, pl_module)
+
+    def _line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.monotonic()
+        self._next_line = now + self.interval
+        rate = trainer.global_step / max(now - self._started, 1e-9)
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in self.get_metrics(trainer, pl_module).items())  # fmt: skip
+        total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+        say(f"Epoch {trainer.current_epoch}, step {trainer.global_step}{total}, {rate:.4g} it/s: {metrics}")
+
+    def _evaluated(self, trainer: L.Trainer, what: str) -> None:
+        if self._enabled and trainer.state.fn != "fit":
+            say(f"{what}: done")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluated(trainer, "Validation")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluated(trainer, "Test")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluated(trainer, "Prediction")
 
 
 class TimedProgressBar(TQDMProgressBar):

@@ -26,8 +26,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from litpoly.console import step_loss
+from litpoly.console import say, step_loss
 from litpoly.errors import TrainingStopped
+
+#: Steps without any weight changing, after which a run is said to have stalled.
+STALL_STEPS = 50
 
 
 class RunGuard(L.Callback):
@@ -36,7 +39,8 @@ class RunGuard(L.Callback):
     A step has diverged when its loss, or any parameter after its update, is NaN or infinite, or when the
     loss exceeds ``divergence_threshold`` (as EarlyStopping's ``divergence_threshold``, but checked every
     step): training stops with one line saying where and why (exit status 1), and no checkpoint of the
-    diverged model is written. The check costs one device sync a step.
+    diverged model is written. The check costs one device sync a step. A run whose weights stop changing
+    altogether (updates that round away in a narrow dtype, a zero lr) gets a one-line warning.
 
     Args:
         check_finite: Check the loss and every parameter after every step.
@@ -51,6 +55,8 @@ class RunGuard(L.Callback):
         self.divergence_threshold = divergence_threshold
         self._signal: int | None = None
         self._parameters: list[torch.Tensor] = []
+        self._last_sums: list[float] = []  # each weight tensor's sum after the last step
+        self._unchanged_since: int | None = None  # the step since which no weight has changed
         self._previous_handlers: dict[int, Any] = {}
 
     @staticmethod
@@ -62,7 +68,7 @@ class RunGuard(L.Callback):
         return Path(callback.last_model_path or Path(callback.dirpath) / "last.ckpt")
 
     def _save_last(self, trainer: L.Trainer) -> Path | None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):  # fast_dev_run writes nothing
             return None
         path = self.last_checkpoint(trainer)
         if path is not None:
@@ -72,6 +78,7 @@ class RunGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_signal_handlers()
         self._parameters = [p for p in pl_module.parameters() if p.is_floating_point()]
+        self._last_sums, self._unchanged_since = [], None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -79,7 +86,7 @@ class RunGuard(L.Callback):
         diverged: str | None = None
         loss = step_loss(outputs)
         if self.check_finite and loss is not None:
-            diverged = self._divergence(loss)
+            diverged = self._divergence(trainer, loss)
         interrupted = self._signal is not None
         if trainer.world_size > 1:
             # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
@@ -93,11 +100,27 @@ class RunGuard(L.Callback):
         if interrupted:
             self._stop_interrupted(trainer)
 
-    def _divergence(self, loss: torch.Tensor) -> str | None:
+    def _watch_for_a_stall(self, trainer: L.Trainer, sums: list[float]) -> None:
+        """A run whose weights stop changing trains nothing more, and should say so: once, when no weight tensor's
+        sum has changed for ``STALL_STEPS`` steps (the sums are read for the divergence check anyway)."""
+        if sums != self._last_sums:
+            self._last_sums, self._unchanged_since = sums, trainer.global_step
+        elif self._unchanged_since is not None and trainer.global_step - self._unchanged_since >= STALL_STEPS:
+            dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in self._parameters}))
+            say(
+                f"Warning: the weights have not changed since step {self._unchanged_since} ({STALL_STEPS} steps): "
+                f"the updates are too small to change weights held in {dtypes}, or no gradient reaches them "
+                f"({self._optimizers(trainer)}). The rest of this run trains nothing.",
+                stderr=True,
+            )
+            self._unchanged_since = None  # said once
+
+    def _divergence(self, trainer: L.Trainer, loss: torch.Tensor) -> str | None:
         """What is wrong with this step, if anything, read in one device sync: the loss and the sum of each
         parameter tensor (a NaN or an infinity anywhere in a tensor makes its sum non-finite)."""
         sums = [p.detach().sum().float() for p in self._parameters]
         loss_value, *parameter_sums = torch.stack([loss.detach().float().sum(), *sums]).tolist()
+        self._watch_for_a_stall(trainer, parameter_sums)
         if not math.isfinite(loss_value):
             return f"the loss is {loss_value}"
         if not all(math.isfinite(s) for s in parameter_sums):
@@ -106,9 +129,13 @@ class RunGuard(L.Callback):
             return f"the loss {loss_value:.6g} exceeds `guard.divergence_threshold` {self.divergence_threshold:g}"
         return None
 
+    @staticmethod
+    def _optimizers(trainer: L.Trainer) -> str:
+        return "; ".join(f"{type(o).__name__}, lr={o.param_groups[0]['lr']:g}" for o in trainer.optimizers)
+
     def _stop_diverged(self, trainer: L.Trainer, what: str) -> None:
         step = trainer.global_step - 1
-        optimizers = ", ".join(f"{type(o).__name__}, lr={o.param_groups[0]['lr']:g}" for o in trainer.optimizers)
+        optimizers = self._optimizers(trainer)
         last = self.last_checkpoint(trainer)
         kept = (
             f" Last good checkpoint: {last}."
@@ -154,7 +181,7 @@ class RunGuard(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signal_handlers()
-        self._parameters = []
+        self._parameters, self._last_sums = [], []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # ModelCheckpoint's last.ckpt holds the last *scheduled* save (every `every_n_train_steps`, or

@@ -96,7 +96,7 @@ def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, HPara
     return flat
 
 
-def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, HParamValue]:
+def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
     """What defines a run: the model's and the data module's hyperparameters, then what the Trainer decided.
 
     Keys starting with ``_`` (LightningCLI's bookkeeping) are left out; a hyperparameter of the model or the
@@ -107,6 +107,7 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, H
     params.update(pl_module.hparams)
     params = {k: v for k, v in params.items() if not str(k).startswith("_")}
     facts: dict[str, Any] = {
+        "ckpt_path": str(trainer.ckpt_path),  # what a resumed run, or validate/test/predict, started from
         "model": type(pl_module).__qualname__,
         "data": type(datamodule).__qualname__ if datamodule is not None else "None",
         "seed": torch.initial_seed(),
@@ -117,11 +118,29 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, H
     }
     for key, value in facts.items():
         params.setdefault(key, value)
-    return flat_hparams(params)
+    return params
 
 
 class RunReport(L.Callback):
-    """Logs a run's hyperparameters, its config and its learning rate, for any model and any logger."""
+    """Logs a run's hyperparameters, its config and its learning rate, for any model and any logger.
+
+    ``validate``, ``test`` and ``predict`` runs record what they ran too: the checkpoint and its settings
+    (in their ``hparams.yaml``).
+    """
+
+    def _evaluation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            for logger in trainer.loggers:
+                logger.log_hyperparams(run_hparams(trainer, pl_module))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = run_hparams(trainer, pl_module)
@@ -132,7 +151,7 @@ class RunReport(L.Callback):
             return
         # The session's hyperparameters only, no fixed list of metrics: TensorBoard then offers every scalar
         # of every run as a metric column, so runs of different models and settings compare in one table.
-        _, session_start, _ = hparams_summaries(params, {})  # type: ignore[no-untyped-call]
+        _, session_start, _ = hparams_summaries(flat_hparams(params), {})  # type: ignore[no-untyped-call]
         _file_writer(tensorboard.experiment).add_summary(session_start)
         config = Path(tensorboard.log_dir) / "config.yaml"
         if config.is_file():  # written by LightningCLI's SaveConfigCallback just before

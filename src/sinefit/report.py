@@ -31,6 +31,7 @@ from litpoly.loader import StepLoader
 from litpoly.loggers import BackgroundWriter, add_figure
 from sinefit import reference
 from sinefit.figures import FitFigure, plot_predictions
+from sinefit.parity import sgd_stall_bound
 from sinefit.polynomial import coefficient_names, format_polynomial
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class SineReport(L.Callback):
         self._warn_above_stability_limit(trainer, model, x)
         # The floor of this run: the least-squares fit of the very points it trains on.
         self.optimum, self.floor = reference.closed_form(x, y, model.degree)
+        self._warn_if_sgd_will_stall(model, x)
         every = max(1, len(x) // FIGURE_POINTS)
         grid = np.linspace(float(x[0]), float(x[-1]), 400)
         target = getattr(trainer.datamodule, "target", torch.sin)  # type: ignore[attr-defined]
@@ -110,6 +112,22 @@ class SineReport(L.Callback):
             say(
                 f"Warning: SGD lr {model.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
                 "for these points: the loss will grow every step.",
+                stderr=True,
+            )
+
+    def _warn_if_sgd_will_stall(self, model: PolynomialRegressor, x: np.ndarray) -> None:
+        """Before training: how far from the optimum SGD stops in the weights' dtype (its updates round away
+        there, see :func:`~sinefit.parity.sgd_stall_bound`); said when that is more than 1% of the optimum."""
+        assert self.optimum is not None
+        if model.optimizer_name != "sgd":
+            return
+        stall = sgd_stall_bound(x, self.optimum, model.lr, model.coefficients.dtype)
+        if stall > 0.01 * np.abs(self.optimum).max():
+            dtype = str(model.coefficients.dtype).removeprefix("torch.")
+            say(
+                f"Warning: in {dtype} at lr {model.lr:g}, SGD stops moving up to {stall:.2g} from the optimum (its "
+                f"updates round away there): this run cannot fit well. Use a wider precision (32-true, "
+                "bf16-mixed) or a larger lr.",
                 stderr=True,
             )
 

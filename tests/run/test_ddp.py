@@ -14,25 +14,36 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PROBLEMS, Problem, assert_same_weights, load_checkpoint, run_folder, run_train, train_command
+from conftest import (
+    PROBLEMS,
+    Problem,
+    RunCLI,
+    assert_same_weights,
+    load_checkpoint,
+    run_folder,
+    run_train,
+    train_command,
+)
 from test_resume import start_and_signal
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 @pytest.mark.slow
-def test_two_processes_end_where_one_process_does(tmp_path: Path, problem: Problem) -> None:
+def test_two_processes_end_where_one_process_does(
+    tmp_path: Path, problem: Problem, run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = [*problem.select, *problem.quick, "--trainer.precision", "64-true", "--trainer.accelerator", "cpu"]
     ddp = run_train(tmp_path, "fit", *args, *DDP, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    single = run_train(tmp_path, "fit", *args)
-    assert single.returncode == 0, single.stderr[-2000:]
     assert "(seed 1234, 64-true on 2 processes on cpu)" in ddp.stdout
+    run_cli("fit", *args)  # the same run on one process, in this one
+    single_stdout = capsys.readouterr().out
     two, one = (load_checkpoint(run_folder(tmp_path, v) / "checkpoints" / "last.ckpt") for v in (0, 1))
     assert one["global_step"] == two["global_step"] > 0
     assert_same_weights(one["state_dict"], two["state_dict"], atol=1e-10)
     # The printed loss is the loss over all the batch's samples, not one process's share.
-    printed_one, printed_two = (re.findall(r"^(\d+) (\S+)$", out, re.M) for out in (single.stdout, ddp.stdout))
+    printed_one, printed_two = (re.findall(r"^(\d+) (\S+)$", out, re.M) for out in (single_stdout, ddp.stdout))
     assert [s for s, _ in printed_one] == [s for s, _ in printed_two] and printed_one
     for (_, a), (_, b) in zip(printed_one, printed_two, strict=True):
         assert float(b) == pytest.approx(float(a), rel=1e-10)

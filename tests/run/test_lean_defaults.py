@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import SINE, Problem, RunCLI
 from litpoly.cache import ReuseLastInput
 from litpoly.checkpoints import PeriodicCheckpoint
-from litpoly.console import TimedProgressBar
+from litpoly.console import LineProgress, TimedProgressBar
 from litpoly.loggers import ThrottledTensorBoardLogger
 from litpoly.profiler import NullProfiler
 from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
@@ -29,7 +29,7 @@ def test_fit_uses_the_lean_defaults(problem: Problem, run_cli: RunCLI) -> None:
     trainer = run_cli("fit", *problem.select, *problem.quick, progress_bar=True).trainer
     assert isinstance(trainer.profiler, NullProfiler)
     assert isinstance(trainer.logger, ThrottledTensorBoardLogger)
-    assert isinstance(trainer.progress_bar_callback, TimedProgressBar)
+    assert isinstance(trainer.progress_bar_callback, LineProgress)  # pytest's stdout is no terminal
     assert isinstance(trainer.checkpoint_callback, PeriodicCheckpoint)
 
 
@@ -84,11 +84,17 @@ def test_timed_bar_ends_on_the_last_step_with_validation_inside(tmp_path: Path) 
     assert bar.train_progress_bar.n == 250 == trainer.global_step
 
 
-def test_validate_keeps_its_bar(run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_cli("fit", *SINE.quick)
-    capsys.readouterr()
-    run_cli("validate", "--ckpt_path", "last", progress_bar=True)
+def test_validate_keeps_its_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bar = TimedProgressBar()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[bar], default_root_dir=tmp_path)
+    trainer.validate(TwoMoonsClassifier(), TwoMoonsDataModule())
     assert "Validation DataLoader 0: 100%" in capsys.readouterr().out
+
+
+def test_the_bar_is_for_terminals_and_lines_for_files(run_cli: RunCLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(run_cli("fit", *SINE.quick, progress_bar=True).trainer.progress_bar_callback, LineProgress)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert isinstance(run_cli("fit", *SINE.quick, progress_bar=True).trainer.progress_bar_callback, TimedProgressBar)
 
 
 def test_periodic_checkpoint_key_is_modelcheckpoints(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, REPO, SINE, RunCLI, load_checkpoint, run_folder, run_train
+from conftest import DEFAULT_CONFIG, REPO, SINE, RunCLI, load_checkpoint, run_folder
 from litpoly.cli import cli_main
 
 
@@ -90,11 +90,3 @@ def test_bad_settings_are_one_line_and_write_nothing(
     lines = (out.out + out.err).splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), lines
     assert not (tmp_path / "lightning_logs").exists()
-
-
-def test_the_script_names_the_bad_setting(tmp_path: Path) -> None:
-    result = run_train(tmp_path, "fit", "--model.optimizer", "adam", timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: Parser key \"model.optimizer\": Expected a typing.Literal['sgd', 'rmsprop']. Got value: adam"
-    ]

@@ -1,0 +1,42 @@
+"""What a run prints to a log file or a pipe: whole lines, one message each, no progress-bar frames."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PROBLEMS, TRAIN, Problem, subprocess_env
+
+
+def through_a_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python scripts/train.py …`` with its output read through pipes, as ``> train.log`` or ``| tee`` do; the
+    progress bar left on."""
+    command = [sys.executable, str(TRAIN), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=subprocess_env())
+
+
+def test_a_run_through_a_pipe_prints_whole_lines(problem: Problem, tmp_path: Path) -> None:
+    result = through_a_pipe(tmp_path, "fit", *problem.select, *problem.quick)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stream in (result.stdout, result.stderr):
+        assert "\r" not in stream and "\x1b[" not in stream  # no redrawn frames, no terminal escapes
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"Run folder: \S+ \(seed 1234, 32-true on cpu\)", lines[0]), lines[0]
+    every = int(problem.quick[problem.quick.index("--console.every_n_steps") + 1])
+    losses = [line for line in lines if re.fullmatch(r"\d+ [-+.\deE]+", line)]
+    assert [int(line.split()[0]) for line in losses] == list(range(every - 1, problem.steps, every))
+    progress = [line for line in lines if line.startswith("Epoch ")]
+    assert progress and re.fullmatch(
+        r"Epoch \d+, step \d+(/\d+)?, [\d.e+]+ it/s: .*train/loss=[\d.e+-]+.*", progress[-1]
+    )
+
+
+def test_errors_and_stops_through_a_pipe_are_lines_of_their_own(tmp_path: Path) -> None:
+    """A diverged run's error comes on a line of its own, not glued to a progress-bar frame."""
+    problem = PROBLEMS[0]
+    result = through_a_pipe(tmp_path, "fit", *problem.select, "--guard.divergence_threshold", "1e-9")
+    assert result.returncode == 1
+    assert "\r" not in result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: training diverged at step 0: the loss ")
