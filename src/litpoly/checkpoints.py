@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from litpoly.errors import SettingError
 
 
 def last_checkpoints(logs: Path) -> list[Path]:
@@ -29,21 +34,23 @@ def last_checkpoints(logs: Path) -> list[Path]:
 
 
 def resolve_checkpoint(ckpt_path: str, logs: Path) -> Path:
-    """The file ``--ckpt_path`` means: a path as given, or for ``last`` the newest ``last.ckpt`` under ``logs``.
+    """The file ``--ckpt_path`` means: a path as given, or for ``last`` (``best``) the newest run's ``last.ckpt``
+    (``best.ckpt``) under ``logs``.
 
-    Lightning's own ``last`` looks only in the *new* run's folder, which is empty when a new command
-    resumes an old run; here it means the newest run's ``checkpoints/last.ckpt``.
+    Lightning's own ``last`` and ``best`` look only in the *new* run's folder, which is empty when a new command
+    resumes or evaluates an old run; here they mean the newest run's ``checkpoints/last.ckpt`` or ``best.ckpt``.
 
     Raises:
         ValueError: One line naming the setting, when there is no such file.
     """
-    if ckpt_path == "last":
-        candidates = last_checkpoints(logs)
+    if ckpt_path in ("last", "best"):
+        candidates = list(logs.glob(f"version_*/checkpoints/{ckpt_path}.ckpt"))
         if not candidates:
-            raise ValueError(f"`ckpt_path` last: no run under {logs} has a checkpoints/last.ckpt to resume from")
+            hint = " (a run keeps one when --best.monitor names a metric)" if ckpt_path == "best" else ""
+            raise ValueError(f"`ckpt_path` {ckpt_path}: no run under {logs} has a checkpoints/{ckpt_path}.ckpt{hint}")
         return max(candidates, key=lambda p: p.stat().st_mtime)
-    if ckpt_path in ("best", "hpc", "registry"):
-        raise ValueError(f"`ckpt_path` {ckpt_path!r} is not supported here: give a checkpoint file or 'last'")
+    if ckpt_path in ("hpc", "registry"):
+        raise ValueError(f"`ckpt_path` {ckpt_path!r} is not supported here: give a checkpoint file, 'last' or 'best'")
     path = Path(ckpt_path)
     if not path.is_file():
         raise ValueError(f"`ckpt_path`: no such checkpoint file: {ckpt_path}")
@@ -149,3 +156,101 @@ class PeriodicCheckpoint(ModelCheckpoint):
         # working folder, as a fast_dev_run has no logger).
         if not getattr(trainer, "fast_dev_run", False):
             super().on_train_end(trainer, pl_module)
+
+
+@contextmanager
+def refusing_unlogged(trainer: L.Trainer, monitor: str | None) -> Iterator[None]:
+    """Turn Lightning's traceback for a monitored metric the model never logs (``ModelCheckpoint``'s
+    ``MisconfigurationException``, ``EarlyStopping``'s ``RuntimeError``, raised at the first check) into a
+    one-line :class:`~litpoly.errors.SettingError` naming ``best.monitor`` and the metrics that are logged."""
+    try:
+        yield
+    except (MisconfigurationException, RuntimeError) as error:
+        if monitor is None or monitor in trainer.callback_metrics:
+            raise
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "none yet"
+        raise SettingError(
+            f"Expected `best.monitor` to name a metric the model logs ({logged}), got {monitor!r}"
+        ) from error
+
+
+class BestCheckpoint(PeriodicCheckpoint):
+    """The checkpoint of the best model so far (:class:`BestSettings`); an unlogged ``monitor`` is one line."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with refusing_unlogged(trainer, self.monitor):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with refusing_unlogged(trainer, self.monitor):
+            super().on_validation_end(trainer, pl_module)
+
+
+class StopWhenNotImproving(EarlyStopping):
+    """Lightning's ``EarlyStopping`` (:class:`EarlyStoppingSettings`); an unlogged ``monitor`` is one line."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with refusing_unlogged(trainer, self.monitor):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with refusing_unlogged(trainer, self.monitor):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class BestSettings:
+    """Keep the best model so far as ``checkpoints/best.ckpt``, by a metric the model logs.
+
+    ``--ckpt_path best`` then means the newest run's ``best.ckpt``, and ``--early_stopping.patience`` stops a
+    run when this metric stops improving.
+
+    Args:
+        monitor: The logged metric that ranks models, e.g. ``val/loss``; ``None``: no best checkpoint.
+        mode: ``min`` (lower is better) or ``max``.
+    """
+
+    def __init__(self, monitor: str | None = None, mode: Literal["min", "max"] = "min") -> None:
+        self.monitor = monitor
+        self.mode = mode
+
+    def callback(self) -> ModelCheckpoint | None:
+        """The ``ModelCheckpoint`` that keeps ``best.ckpt`` (``None`` without a ``monitor``): a
+        :class:`BestCheckpoint`, for :class:`PeriodicCheckpoint`'s cheaper hooks."""
+        if self.monitor is None:
+            return None
+        return BestCheckpoint(
+            monitor=self.monitor, mode=self.mode, filename="best", save_top_k=1, enable_version_counter=False
+        )
+
+
+class EarlyStoppingSettings:
+    """Stop a run once the best checkpoint's metric (``--best.monitor``) has not improved for a while.
+
+    Args:
+        patience: Validations without improvement after which the run stops; ``None``: never.
+        min_delta: The least change that counts as an improvement.
+    """
+
+    def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
+        if patience is not None and patience < 1:
+            raise ValueError(f"Expected `early_stopping.patience` >= 1 (or null: never stop early), got {patience}")
+        self.patience = patience
+        self.min_delta = min_delta
+
+    def callback(self, best: BestSettings) -> EarlyStopping | None:
+        """The ``EarlyStopping`` on ``best``'s metric, checked after each validation (``None`` without a patience).
+
+        Raises:
+            ValueError: A patience is set, but no metric to watch (``best.monitor``).
+        """
+        if self.patience is None:
+            return None
+        if best.monitor is None:
+            raise ValueError(
+                "Expected `best.monitor` to name a logged metric: `early_stopping.patience` stops on the metric "
+                "the best checkpoint ranks models by"
+            )
+        return StopWhenNotImproving(
+            monitor=best.monitor, mode=best.mode, patience=self.patience, min_delta=self.min_delta, verbose=True,
+            check_on_train_epoch_end=False,  # after each validation: a run counting steps may have one long epoch
+        )  # fmt: skip

@@ -25,11 +25,13 @@ in TensorBoard, a CSV of predictions, and one-line errors for bad settings and c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
 import re
+import shutil
 import sys
 import textwrap
 import warnings
@@ -49,6 +51,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly.checkpoints import (
     AtomicCheckpointIO,
+    BestSettings,
+    EarlyStoppingSettings,
     PeriodicCheckpoint,
     last_checkpoints,
     read_checkpoint,
@@ -314,6 +318,8 @@ class LitCLI(LightningCLI):
         parser.add_class_arguments(RunGuard, "guard", instantiate=True)
         parser.add_class_arguments(PeriodicCheckpoint, "checkpoint", instantiate=True)
         parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_class_arguments(BestSettings, "best", instantiate=True)
+        parser.add_class_arguments(EarlyStoppingSettings, "early_stopping", instantiate=True)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check ``--ckpt_path`` before LightningCLI reads the model's settings from it."""
@@ -350,8 +356,9 @@ class LitCLI(LightningCLI):
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
           nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
-        - ``RunReport`` (hyperparameters, config); ``RunGuard`` (``--guard.*``) for ``fit``; ``PredictionWriter``
-          for ``predict``.
+        - ``RunReport`` (hyperparameters, config); for ``fit``, ``RunGuard`` (``--guard.*``), the best checkpoint
+          (``--best.monitor``) and early stopping (``--early_stopping.patience``); ``PredictionWriter`` for
+          ``predict``.
 
         Added here rather than in ``trainer_defaults`` (which always applies) so that
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false``,
@@ -374,6 +381,14 @@ class LitCLI(LightningCLI):
         defaults.append(RunReport())
         if self.subcommand == "fit":
             defaults.append(subconfig.guard)
+            if config.get("enable_checkpointing") is not False and (best := subconfig.best.callback()) is not None:
+                defaults.append(best)
+            try:
+                early_stopping = subconfig.early_stopping.callback(subconfig.best)
+            except ValueError as error:
+                fail(str(error))
+            if early_stopping is not None:
+                defaults.append(early_stopping)
         if self.subcommand == "predict":
             defaults.append(PredictionWriter())
         if defaults:
@@ -403,6 +418,10 @@ class LitCLI(LightningCLI):
             fail(str(_innermost(error, ValueError)))
         except MisconfigurationException as error:
             fail(f"invalid Trainer setting: {error}")
+        # Lightning's model summary runs the model on its `example_input_array` as it is, but a true-precision run
+        # (64-true, bf16-true) converts the weights, not that input: it is converted here as each batch will be.
+        if self.model.example_input_array is not None:
+            self.model.example_input_array = self.trainer.precision_plugin.convert_input(self.model.example_input_array)
 
 
 def cli_main(args: list[str] | None = None, default_config: Path | str | None = None) -> LitCLI:
@@ -437,7 +456,11 @@ def cli_main(args: list[str] | None = None, default_config: Path | str | None = 
         )
     except ArgumentError as error:
         fail(parse_error_line(str(error)))
-    except SettingError as error:  # found during setup; ConsoleReport has removed the run folder
+    except SettingError as error:  # found during setup or at the first validation
+        if error.run_folder is not None:  # see ConsoleReport.on_exception
+            shutil.rmtree(error.run_folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # and its parent, if this run made that too
+                error.run_folder.parent.rmdir()
         fail(str(error))
     except TrainingStopped as stop:  # diverged (exit 1) or interrupted (exit 128 + signal number)
         _tell(f"error: {stop}" if stop.exit_code == 1 else str(stop))  # under DDP every process stops, one says why

@@ -6,8 +6,6 @@ These work for any LightningModule: the loss is what ``training_step`` returns (
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -55,8 +53,8 @@ class ConsoleReport(L.Callback):
     the one-process loss whenever the DDP rule of :class:`~litpoly.loader.StepLoader` holds. Reading the loss
     costs one device sync per line, not one per step.
 
-    A run that fails on a bad combination of settings (:class:`~litpoly.errors.SettingError`) before its first
-    step leaves no run folder behind.
+    A run that fails on a bad combination of settings (:class:`~litpoly.errors.SettingError`, found during setup or
+    at the first validation) before it wrote a checkpoint leaves no run folder behind.
 
     Args:
         every_n_steps: Print the training loss after every this many optimizer steps.
@@ -102,15 +100,13 @@ class ConsoleReport(L.Callback):
             say(f"{trainer.global_step - 1} {trainer.strategy.reduce(loss.detach(), reduce_op='mean').item()}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SettingError) and trainer.global_step == 0 and trainer.is_global_zero:
+        if isinstance(exception, SettingError) and trainer.is_global_zero:
             # The logger's own folder, not `trainer.log_dir`: under DDP that is a collective, and the other
-            # processes are failing too.
+            # processes are failing too. Removed by the command line once Lightning has closed the logger's files.
             log_dir = getattr(trainer.logger, "log_dir", None)
             folder = Path(log_dir) if log_dir else None
             if folder is not None and folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                shutil.rmtree(folder)  # made by this run's logger moments ago; it holds nothing worth keeping
-                with contextlib.suppress(OSError):  # and its parent, if this run made that too
-                    folder.parent.rmdir()
+                exception.run_folder = folder  # made by this run's logger; it holds nothing worth keeping
 
 
 class LineProgress(ProgressBar):

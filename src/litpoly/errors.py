@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SettingError(ValueError):
     """A combination of settings that cannot work, found once the run is being set up.
@@ -11,7 +13,13 @@ class SettingError(ValueError):
     way). The command line prints ``error: <message>``, exits with status 2 and removes the run folder, which
     holds nothing yet. Name the settings involved and what is allowed, as in
     ``Expected `data.num_samples` >= `model.degree` + 1 = 4, got 3``.
+
+    Attributes:
+        run_folder: The run folder to remove once Lightning has closed its files (set by ``ConsoleReport`` when the
+            run wrote no checkpoint), or ``None``.
     """
+
+    run_folder: Path | None = None
 
 
 class TrainingStopped(Exception):

@@ -16,6 +16,7 @@ import torch
 
 from conftest import (
     PROBLEMS,
+    REPO,
     Problem,
     RunCLI,
     assert_same_weights,
@@ -34,7 +35,7 @@ def test_two_processes_end_where_one_process_does(
     tmp_path: Path, problem: Problem, run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [*problem.select, *problem.quick, "--trainer.precision", "64-true", "--trainer.accelerator", "cpu"]
-    ddp = run_train(tmp_path, "fit", *args, *DDP, timeout=600)
+    ddp = run_train(tmp_path, "fit", *args, "--config", str(REPO / "configs" / "presets" / "ddp_cpu.yaml"), timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "(seed 1234, 64-true on 2 processes on cpu)" in ddp.stdout
     run_cli("fit", *args)  # the same run on one process, in this one
