@@ -96,6 +96,7 @@ class TwoMoonsClassifier(L.LightningModule):
         self.net = nn.Sequential(
             nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
         )
+        self.example_input_array = torch.zeros(8, 2)  # an input of the right shape: model summary and export
         self.val_accuracy = BinaryAccuracy()
         self.test_accuracy = BinaryAccuracy()
 

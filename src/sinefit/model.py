@@ -35,7 +35,11 @@ class Powers(nn.Module):
         self.degree = degree
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.unsqueeze(-1).expand(-1, self.degree).cumprod(dim=-1)
+        # x, x·x, x·x·x, …: the products numpy's vander takes too (and ONNX has no cumulative product).
+        powers = [x]
+        for _ in range(self.degree - 1):
+            powers.append(powers[-1] * x)
+        return torch.stack(powers, dim=-1) if self.degree else x.new_empty(x.shape[0], 0)
 
 
 class PolynomialRegressor(L.LightningModule):
@@ -104,6 +108,8 @@ class PolynomialRegressor(L.LightningModule):
         # Full-batch training feeds the same points every step: their powers are built once, as the seed builds
         # `xx` once before its loop (at 20 million points, building them every step would cost more than the step).
         self.powers = ReuseLastInput(Powers(degree))
+        # An input of the right shape, for Lightning (model summary) and for export (scripts/export.py).
+        self.example_input_array = torch.linspace(-math.pi, math.pi, 8)
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")

@@ -1,0 +1,77 @@
+"""Export for deployment: ONNX and torch.export files that give the model's own predictions, without its code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, Problem, RunCLI, run_folder, subprocess_env
+
+#: Run in a process that imports neither the run layer nor any model: only onnxruntime and torch.
+READ_BACK = """
+import sys, numpy as np, onnxruntime, torch
+x = np.load(sys.argv[1])
+onnx = onnxruntime.InferenceSession(sys.argv[2]).run(None, {"input": x})[0]
+program = torch.export.load(sys.argv[3]).module()(torch.from_numpy(x)).detach().numpy()
+assert not {"litpoly", "sinefit", "twomoons"} & {name.split(".")[0] for name in sys.modules}
+np.save(sys.argv[4], np.stack([onnx, program]))
+"""
+
+
+@pytest.fixture
+def export_main(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from export import main  # scripts/export.py
+
+    return main
+
+
+def test_exported_files_give_the_models_predictions_without_its_code(
+    problem: Problem,
+    run_cli: RunCLI,
+    tmp_path: Path,
+    export_main,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+) -> None:
+    cli = run_cli("fit", *problem.select, *problem.quick)
+    export_main("last", model=cli.config["fit"]["model"]["class_path"])
+    folder = run_folder(tmp_path) / "export"
+    assert f"Wrote {folder / 'model.onnx'}" in capsys.readouterr().out
+    x = cli.trainer.val_dataloaders.tensors[0].numpy()  # the held-out inputs
+    with torch.no_grad():
+        expected = cli.model(torch.from_numpy(x)).numpy()  # the model's own predictions
+    np.save(tmp_path / "x.npy", x)
+    files = [tmp_path / "x.npy", folder / "model.onnx", folder / "model.pt2", tmp_path / "out.npy"]
+    result = subprocess.run([sys.executable, "-c", READ_BACK, *map(str, files)], capture_output=True, text=True,
+                            timeout=120, env=subprocess_env())  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    onnx, program = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(onnx, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(program, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ckpt_path": "nowhere.ckpt"}, "error: `ckpt_path`: no such checkpoint file: nowhere.ckpt"),
+        ({"ckpt_path": "last", "out": Path("/proc/not-here")}, "error: `out` /proc/not-here cannot be written"),
+        ({"ckpt_path": "last", "model": "twomoons.TwoMoonsClassifier"}, "holds a sinefit.PolynomialRegressor"),
+    ],
+)
+def test_bad_input_is_one_line(  # type: ignore[no-untyped-def]
+    kwargs: dict[str, object], message: str, run_cli: RunCLI, tmp_path: Path, export_main, capsys
+) -> None:
+    run_cli("fit", "--trainer.max_steps", "5", "--model.parity", "false")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(**kwargs)
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (run_folder(tmp_path) / "export").exists()
