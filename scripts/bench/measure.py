@@ -57,14 +57,17 @@ def repeats_for(size: int, asked: int | None) -> int:
     return asked if asked is not None else (3 if size <= 100_000 else 5)
 
 
-def contestants(size: int, device: str, window: Window, breakdown: bool) -> dict[str, Spec]:
-    """Every contestant at ``size`` points, by name (``kind/optimizer``, or the feature switched off)."""
+def contestants(
+    size: int, device: str, window: Window, breakdown: bool, optimizers: tuple[str, ...] = ("sgd", "rmsprop")
+) -> dict[str, Spec]:
+    """Every contestant at ``size`` points, by name (``kind/optimizer``, or the feature switched off); RMSprop
+    only up to 100 000 points."""
 
     def spec(kind: str, optimizer: str, flags: tuple[str, ...] = ()) -> Spec:
         return Spec(kind, optimizer, size, device, window.steps, window.start, window.stop, flags)
 
     small = size <= 100_000
-    optimizers = ("sgd", "rmsprop") if small else ("sgd",)
+    optimizers = optimizers if small else ("sgd",)
     specs = {f"{kind}/{opt}": spec(kind, opt) for opt in optimizers for kind in ("raw", "bare", "litpoly")}
     if small:
         specs["bare-null/sgd"] = spec("bare-null", "sgd")
@@ -125,7 +128,7 @@ def measure(specs: dict[str, Spec], repeats: int, in_process: bool, say: Callabl
     for repeat in range(repeats):
         began = time.perf_counter()
         for row in rows.values():
-            if not in_process and row.spec.size > 100_000:
+            if not in_process and row.spec.size > 100_000 and row.spec.device == "cpu":
                 time.sleep(SETTLE_S)  # the previous process's gigabytes are still being given back to the system
             row.results.append(runner(row.spec))
         size = next(iter(specs.values())).size

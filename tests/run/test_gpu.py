@@ -1,0 +1,52 @@
+"""The GPU path (marked gpu; skipped where there is no CUDA device): scripts/gpu_check.sh runs these on one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PROBLEMS, RunCLI, load_checkpoint, run_folder
+from litpoly.cli import LitCLI
+from sinefit.parity import ParityCheck
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (scripts/gpu_check.sh runs these)"),
+]
+GPU = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
+
+
+def ran_on_the_gpu(cli: LitCLI) -> bool:
+    """Whether the fit ran on CUDA. Not ``model.device``: Lightning moves the model back to the CPU at teardown."""
+    return cli.trainer.strategy.root_device.type == "cuda"
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true"])
+def test_the_example_matches_numpy_on_the_gpu(run_cli: RunCLI, precision: str) -> None:
+    cli = run_cli("fit", *GPU, "--trainer.precision", precision, "--trainer.max_steps", "1000")
+    assert ran_on_the_gpu(cli)
+    report = next(c for c in cli.trainer.callbacks if isinstance(c, ParityCheck)).report  # type: ignore[attr-defined]
+    # The report holds the GPU run to the same per-dtype tolerances as the CPU (float64: coefficients ≤ 3e-14).
+    assert report is not None and report.match, report and report.failures
+    assert len(report.steps) == 1000  # every step compared, not a sample
+
+
+def test_every_problem_trains_on_the_gpu(run_cli: RunCLI) -> None:
+    for problem in PROBLEMS:
+        cli = run_cli("fit", *problem.select, *problem.quick, *GPU)
+        assert ran_on_the_gpu(cli) and cli.trainer.global_step == problem.steps
+        assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def test_a_cpu_checkpoint_goes_on_on_the_gpu_and_back(run_cli: RunCLI, tmp_path: Path) -> None:
+    run_cli("fit", "--trainer.accelerator", "cpu", "--trainer.max_steps", "300", "--model.parity", "false")
+    run_cli("fit", *GPU, "--trainer.max_steps", "600", "--ckpt_path", "last", "--model.parity", "false")
+    run_cli("fit", "--trainer.accelerator", "cpu", "--trainer.max_steps", "900", "--ckpt_path", "last")
+    straight = run_cli("fit", "--trainer.accelerator", "cpu", "--trainer.max_steps", "900", "--model.parity", "false")
+    resumed = load_checkpoint(run_folder(tmp_path, 2) / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 900
+    # Not bit for bit: the GPU rounds its sums otherwise. Within float32's rounding of this run, though.
+    difference = (resumed["state_dict"]["coefficients"] - straight.model.coefficients.detach()).abs().max()
+    assert difference.item() < 1e-5
