@@ -106,6 +106,7 @@ def _raw(spec: Spec) -> LoopClock:
     device = torch.device(spec.device)
     x64 = SineDataModule(num_samples=spec.size).train_x
     x, y = x64.float().to(device), torch.sin(x64).float().to(device)  # targets in float64, then cast, as litpoly
+    del x64  # as litpoly's data module keeps no float64 copy: the loop's memory is the loop's own
     clock = LoopClock(spec.start, spec.stop, device)
     lr = learning_rate(spec.optimizer, spec.size)
     nn_loop(spec.optimizer, x, y, seed_start(), lr, spec.steps, record_every=spec.steps + 1, step_end=clock)  # type: ignore[arg-type]

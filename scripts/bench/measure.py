@@ -122,12 +122,15 @@ class Row:
 
 
 def measure(specs: dict[str, Spec], repeats: int, in_process: bool, say: Callable[[str], None]) -> dict[str, Row]:
-    """Run every contestant ``repeats`` times, alternating them so that drift in the machine hits all alike."""
+    """Run every contestant ``repeats`` times, alternating them so that drift in the machine hits all alike, and
+    each repeat starting one contestant later than the last, so that no contestant always runs first or last."""
     rows = {name: Row(spec, []) for name, spec in specs.items()}
     runner = run if in_process else run_in_new_process
+    order = list(rows.values())
     for repeat in range(repeats):
         began = time.perf_counter()
-        for row in rows.values():
+        first = repeat % len(order)
+        for row in order[first:] + order[:first]:
             if not in_process and row.spec.size > 100_000 and row.spec.device == "cpu":
                 time.sleep(SETTLE_S)  # the previous process's gigabytes are still being given back to the system
             row.results.append(runner(row.spec))
