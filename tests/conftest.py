@@ -7,9 +7,11 @@ run layer's tests are parametrized over both.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +184,11 @@ def least_squares(num_samples: int = 2000, degree: int = 3) -> tuple[np.ndarray,
     vander = np.vander(x, degree + 1, increasing=True)
     w, *_ = np.linalg.lstsq(vander, np.sin(x), rcond=None)
     return w, float(np.sum((vander @ w - np.sin(x)) ** 2))
+
+
+def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    """GET ``url`` (POST ``body`` as JSON, if given) and decode the JSON answer: a service's REST API, as a client."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

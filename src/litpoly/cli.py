@@ -20,12 +20,15 @@ from those classes' own defaults and the Trainer's, not from the default run's s
 What the run layer adds to every run, for any model: the console lines (``--console.*``), divergence and
 signal handling (``--guard.*``, :class:`~litpoly.guard.RunGuard`), periodic and final checkpoints written
 atomically (``--checkpoint.*``), a cheaper progress bar, logger and profiler, the hyperparameters and config
-in TensorBoard, a CSV of predictions, and one-line errors for bad settings and checkpoints.
+in TensorBoard (and CSV and MLflow, ``--config configs/loggers/*.yaml``: the loggers a config lists by class are
+put in the run folder, see :func:`~litpoly.loggers.place_loggers`), a CSV of predictions, and one-line errors for
+bad settings and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import logging
@@ -42,7 +45,6 @@ from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import ArgumentParser, Namespace
-from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
@@ -61,7 +63,7 @@ from litpoly.checkpoints import (
 from litpoly.console import ConsoleReport, LineProgress, TimedProgressBar, say
 from litpoly.errors import SettingError, TrainingStopped
 from litpoly.guard import RunGuard
-from litpoly.loggers import RunReport, ThrottledTensorBoardLogger
+from litpoly.loggers import RunReport, ThrottledTensorBoardLogger, next_version, place_loggers, run_version
 from litpoly.predictions import PredictionWriter
 from litpoly.profiler import NullProfiler
 
@@ -87,6 +89,8 @@ def quiet_irrelevant_messages() -> None:
         r"The dirpath has changed from",
         # Loaders that are plain iterables; the prediction writer does not use batch indices.
         r"Couldn't infer the batch indices",
+        # CSVLogger finds the run folder made by the logger before it (configs/loggers/): where it belongs.
+        r"Experiment logs directory .* exists and is not empty",
     ):
         warnings.filterwarnings("ignore", message=message)
     # addFilter ignores a filter it already has, so calling this again (tests do) adds nothing.
@@ -278,9 +282,17 @@ def _innermost(error: BaseException, kind: type[BaseException]) -> BaseException
 
 
 def next_run_folder(logs: Path) -> Path:
-    """``logs/version_N`` for the next ``N``, as Lightning's loggers number their runs."""
-    numbers = [int(p.name.split("_", 1)[1]) for p in logs.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    return logs / f"version_{max(numbers, default=-1) + 1}"
+    """``logs/version_N`` for the next ``N``, as Lightning's loggers number their runs (or the name
+    :func:`~litpoly.loggers.run_version` gives)."""
+    return logs / str(run_version() or f"version_{next_version(logs)}")
+
+
+def root_dir(trainer_config: Namespace) -> str:
+    """Where the run's ``lightning_logs/`` goes: ``--trainer.default_root_dir``, or the working folder."""
+    root = str(trainer_config.get("default_root_dir") or os.getcwd())
+    if "://" not in root:  # a local path: `~` expanded, as the Trainer does for its own default_root_dir
+        root = os.path.normpath(os.path.expanduser(root))
+    return root
 
 
 def _summarized(method: Any, summary: str) -> Any:
@@ -393,11 +405,9 @@ class LitCLI(LightningCLI):
             defaults.append(PredictionWriter())
         if defaults:
             kwargs.setdefault("callbacks", [*callbacks, *defaults])
-        root = str(config.get("default_root_dir") or os.getcwd())
-        if "://" not in root:  # a local path: `~` expanded, as the Trainer does for its own default_root_dir
-            root = os.path.normpath(os.path.expanduser(root))
+        root = root_dir(config)
         if config.get("logger") in (None, True):  # Lightning's default logger, as Lightning would make it
-            kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=SLURMEnvironment.job_id()))
+            kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=run_version()))
         elif config.get("logger") is False and not config.get("fast_dev_run") and "://" not in root:
             # Without a logger, Lightning writes config.yaml and checkpoints/ straight into the working folder, where
             # the next run's would collide with them: the run gets its own folder, numbered like a logger's.
@@ -409,6 +419,18 @@ class LitCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        given = trainer.get("logger")
+        if isinstance(given, Namespace | list):  # loggers by class (configs/loggers/*.yaml, --trainer.logger CLASS)
+            # Completed on a copy, which is what gets made: config.yaml keeps them as given (`save_dir: null`), so
+            # that it runs again as a new run, not into this one's folder. fast_dev_run writes nothing, so its
+            # loggers are not even made (MLflow's would create its store).
+            placed = copy.deepcopy(given)
+            try:
+                place_loggers(placed if isinstance(placed, list) else [placed], root_dir(trainer))
+            except ValueError as error:  # MLflow not installed, or its server not answering: said even by fast_dev_run
+                fail(str(error))
+            trainer.logger = None if trainer.get("fast_dev_run") else placed
         # The classes check their own arguments (ValueError), and the Trainer its flags
         # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
         # errors: one line, not a traceback. Nothing has been written yet at this point.
@@ -418,19 +440,27 @@ class LitCLI(LightningCLI):
             fail(str(_innermost(error, ValueError)))
         except MisconfigurationException as error:
             fail(f"invalid Trainer setting: {error}")
+        finally:
+            trainer.logger = given
         # Lightning's model summary runs the model on its `example_input_array` as it is, but a true-precision run
         # (64-true, bf16-true) converts the weights, not that input: it is converted here as each batch will be.
         if self.model.example_input_array is not None:
             self.model.example_input_array = self.trainer.precision_plugin.convert_input(self.model.example_input_array)
 
 
-def cli_main(args: list[str] | None = None, default_config: Path | str | None = None) -> LitCLI:
+def cli_main(
+    args: list[str] | None = None,
+    default_config: Path | str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> LitCLI:
     """Run the command line; ``args`` replaces ``sys.argv[1:]`` (handy in tests).
 
     Args:
         args: The command line, e.g. ``["fit", "--trainer.max_steps", "100"]``.
         default_config: The project's default run, the base of every command that names no model or data
             class of its own (see the module's docstring).
+        callbacks: Added to the run's callbacks without being part of its config: what a caller needs to watch
+            the run (a sweep's pruning), not what the run is. The run's ``config.yaml`` stays the command's.
 
     Bad settings end with one line on stderr naming the setting and exit status 2, before any run folder is
     created (or, for a combination found during setup, with the run folder removed again).
@@ -447,7 +477,8 @@ def cli_main(args: list[str] | None = None, default_config: Path | str | None = 
         return LitCLI(
             trainer_class=LitTrainer,
             seed_everything_default=DEFAULT_SEED,
-            trainer_defaults=TRAINER_DEFAULTS,
+            # LightningCLI adds trainer_defaults' callbacks to the configured ones.
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS,
             parser_kwargs=parser_kwargs,
             # The model owns its optimizer (configure_optimizers); LightningCLI's own `--optimizer` would
             # silently override it, so it is switched off.

@@ -1,14 +1,18 @@
-"""The run's logger and what every run records in it, whatever the model.
+"""The run's loggers and what every run records in them, whatever the model.
 
 :class:`ThrottledTensorBoardLogger` is Lightning's ``TensorBoardLogger``, flushed every ``flush_secs`` seconds
-rather than after every logging call.
+rather than after every logging call. Other loggers come from a config file (``configs/loggers/``: CSV, MLflow,
+or both beside TensorBoard): :func:`place_loggers` puts those a config lists by class alone in the run folder,
+and MLflow's runs in a SQLite store shared by all runs; :class:`CSVLogger` is Lightning's, its ``save_dir``
+optional for that. MLflow is imported only when a run asks for it.
 
 :class:`RunReport` records, for every ``fit``:
 
 - the hyperparameters (the model's and the data module's ``hparams``, plus seed, precision, devices and the
   schedule) to every logger, and in TensorBoard's HPARAMS tab, where every scalar the run logs is a metric
   column (TensorBoard's own choice when runs declare no fixed list), so runs of different models line up;
-- ``config``: the run's resolved ``config.yaml`` as text;
+- ``config``: the run's resolved ``config.yaml`` as text (MLflow, which has no run folder to hold the file: as an
+  artifact, and its settings as params under ``config/``);
 - ``train/lr``: each optimizer's learning rate at Lightning's logging cadence (what ``LearningRateMonitor``
   logs, without one more callback).
 
@@ -18,10 +22,14 @@ logs a plot as a small palette PNG.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import math
+import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+import yaml
+from jsonargparse import Namespace
+from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
+from lightning.pytorch import loggers as pl_loggers
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger  # imports no mlflow: its logger does, when made
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
@@ -52,12 +64,22 @@ class ThrottledTensorBoardLogger(TensorBoardLogger):
 
     Every other argument is ``TensorBoardLogger``'s; ``default_hp_metric`` is off, as :class:`RunReport`
     fills the HPARAMS tab. The command line uses this logger wherever Lightning would use its default one;
-    ``--trainer.logger`` picks another.
+    ``--trainer.logger`` picks another. ``save_dir`` may be left out (the working folder): a config file that
+    lists loggers need not name a folder, the command line puts them in the run's (see :func:`place_loggers`).
     """
 
-    def __init__(self, *args: Any, flush_secs: float = 2.0, **kwargs: Any) -> None:
-        kwargs.setdefault("default_hp_metric", False)
-        super().__init__(*args, flush_secs=flush_secs, **kwargs)  # flush_secs also goes to the SummaryWriter
+    def __init__(
+        self,
+        save_dir: str | Path | None = None,
+        flush_secs: float = 2.0,
+        default_hp_metric: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # default_hp_metric is an argument of its own, not a default put in kwargs: from a config file, jsonargparse
+        # passes every argument of TensorBoardLogger's signature, with TensorBoardLogger's default (True).
+        # flush_secs also goes to the SummaryWriter.
+        save_dir = os.getcwd() if save_dir is None else save_dir
+        super().__init__(save_dir, flush_secs=flush_secs, default_hp_metric=default_hp_metric, **kwargs)
         self.flush_secs = flush_secs
         self._last_flush = -math.inf
 
@@ -67,6 +89,150 @@ class ThrottledTensorBoardLogger(TensorBoardLogger):
         if now - self._last_flush >= self.flush_secs:
             self._last_flush = now
             super().save()
+
+
+# -- loggers named in a config file ---------------------------------------------------------------------------
+
+#: MLflow's store when a run names none: one SQLite database for every run, in the folder that holds the run
+#: folders, so that the MLflow UI compares them; their artifacts (each run's config.yaml) beside it.
+MLFLOW_STORE = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+MLFLOW_MISSING = '`trainer.logger` asks for MLflow, which is not installed: pip install -e ".[mlflow]"'
+#: The loggers whose folder is the run folder (as in ``Trainer.log_dir``).
+_FOLDERS = (TensorBoardLogger, pl_loggers.CSVLogger)
+
+
+#: Names the next run's folder instead of the next free ``version_N`` (scripts/sweep.py sets it to ``trial_<n>``,
+#: so that parallel trials in one folder never pick the same number). SLURM's job id is used the same way.
+RUN_VERSION = "LITPOLY_RUN_VERSION"
+
+
+def run_version() -> str | int | None:
+    """The run folder's name the environment asks for (``$LITPOLY_RUN_VERSION``, or SLURM's job id), if any."""
+    return os.environ.get(RUN_VERSION) or SLURMEnvironment.job_id()
+
+
+def next_version(logs: Path) -> int:
+    """The ``N`` of the next ``logs/version_N``, as Lightning's loggers number their runs."""
+    numbers = [int(p.name.split("_", 1)[1]) for p in logs.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _logger_class(entry: Any) -> type | None:
+    """The class a ``trainer.logger`` entry names (``None`` for ``True``, ``False`` or an unknown class)."""
+    if not isinstance(entry, Namespace) or not isinstance(entry.get("class_path"), str):
+        return None
+    module, _, name = entry.class_path.rpartition(".")
+    with contextlib.suppress(ImportError, AttributeError, ValueError):  # jsonargparse has imported it already
+        found = getattr(importlib.import_module(module), name)
+        return found if isinstance(found, type) else None
+    return None
+
+
+def place_loggers(entries: list[Any], root: str) -> None:
+    """Fill in what a config file leaves out of its ``trainer.logger`` list, so that every logger writes where the
+    run does; and refuse what cannot work, before anything is made.
+
+    A config names its loggers by class alone (``configs/loggers/*.yaml``). Here, in the parsed config:
+
+    - TensorBoard and CSV loggers without a ``save_dir`` share the first one's run folder: the Trainer's
+      ``default_root_dir`` (``root``), its ``name`` and its ``version`` (the next free ``version_N``, or the SLURM
+      job's id, as for the default logger). So ``metrics.csv`` lands beside TensorBoard's event file.
+    - An MLFlowLogger without a ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``) stores its runs in
+      ``lightning_logs/mlflow.db``, a SQLite database shared by all runs, and their artifacts in
+      ``lightning_logs/mlartifacts/``; its run is named after the run folder (``version_N``) unless named.
+
+    Raises:
+        ValueError: MLflow is asked for but not installed; an MLFlowLogger comes first (the first logger gives the
+            run folder, ``trainer.log_dir``, and an MLflow store has none); its tracking server does not answer.
+    """
+    classes = [_logger_class(entry) for entry in entries]
+    mlflow = [entry.init_args for entry, c in zip(entries, classes, strict=True) if c and issubclass(c, MLFlowLogger)]
+    if mlflow:
+        try:
+            import mlflow as _  # noqa: F401  # only where asked for: a default run never imports it
+        except ImportError:
+            raise ValueError(MLFLOW_MISSING) from None
+    if classes[:1] and classes[0] and issubclass(classes[0], MLFlowLogger):
+        raise ValueError(
+            "`trainer.logger`: the first logger gives the run folder, and MLflow's store has none: list "
+            "litpoly.loggers.ThrottledTensorBoardLogger or CSVLogger before MLFlowLogger (configs/loggers/mlflow.yaml)"
+        )
+    folders = [entry.init_args for entry, c in zip(entries, classes, strict=True) if c and issubclass(c, _FOLDERS)]
+    run_name = None
+    if folders:
+        first = folders[0]
+        if first.save_dir is None:
+            first.save_dir = root
+        if first.version is None and "://" not in str(first.save_dir):
+            first.version = run_version() or next_version(Path(first.save_dir, first.name or ""))
+        for init_args in folders[1:]:
+            if init_args.save_dir is None:
+                init_args.save_dir, init_args.name, init_args.version = first.save_dir, first.name, first.version
+        if first.version is not None:
+            run_name = first.version if isinstance(first.version, str) else f"version_{first.version}"
+    for init_args in mlflow:
+        if init_args.tracking_uri is None and "://" not in root:
+            logs = Path(root, "lightning_logs")
+            init_args.tracking_uri = f"sqlite:///{logs / MLFLOW_STORE}"
+            init_args.artifact_location = init_args.artifact_location or str(logs / MLFLOW_ARTIFACTS)
+        init_args.run_name = init_args.run_name or run_name
+        if str(init_args.tracking_uri).startswith(("http://", "https://")):
+            check_tracking_server(init_args.tracking_uri)
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_tracking_server(uri: str, timeout: int = 10) -> None:
+    """Ask the MLflow tracking server at ``uri`` once, within ``timeout`` seconds, whether it answers.
+
+    MLflow's client retries a failed request for minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, with backoff), which
+    is right during a run but would keep a run with a wrong address waiting, then fail it at its first logging call
+    with its run folder half-written. Here one try, before anything is made.
+
+    Raises:
+        ValueError: The server does not answer, or refuses the request.
+    """
+    from mlflow.tracking import MlflowClient  # imported here: the extra is only needed where asked for
+
+    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as error:  # any failure (refused, timed out, not MLflow): the run could not log there
+            reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+            why = reason.group(1) if reason else str(error).splitlines()[0][:200]
+            fix = "start it, or give another `trainer.logger.tracking_uri` (or MLFLOW_TRACKING_URI)"
+            raise ValueError(f"the MLflow tracking server {uri} does not answer ({why}): {fix}") from None
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's ``CSVLogger``, whose ``save_dir`` may be left out (the working folder), as a config file that
+    lists loggers need not name a folder: the command line puts ``metrics.csv`` in the run folder, beside
+    TensorBoard's event file (see :func:`place_loggers`). Every argument is ``CSVLogger``'s.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path | None = None,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        save_dir = os.getcwd() if save_dir is None else save_dir
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
 
 
 def _file_writer(experiment: SummaryWriter) -> Any:
@@ -132,6 +298,7 @@ class RunReport(L.Callback):
         if trainer.state.fn != "fit":
             for logger in trainer.loggers:
                 logger.log_hyperparams(run_hparams(trainer, pl_module))
+            self._config_to_mlflow(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._evaluation_start(trainer, pl_module)
@@ -145,7 +312,8 @@ class RunReport(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = run_hparams(trainer, pl_module)
         for logger in trainer.loggers:
-            logger.log_hyperparams(params)  # hparams.yaml for TensorBoard; params for MLflow; a file for CSV
+            logger.log_hyperparams(params)  # hparams.yaml for TensorBoard and CSV; params for MLflow
+        self._config_to_mlflow(trainer)
         tensorboard = self._tensorboard(trainer)
         if tensorboard is None or not trainer.is_global_zero:
             return
@@ -153,8 +321,8 @@ class RunReport(L.Callback):
         # of every run as a metric column, so runs of different models and settings compare in one table.
         _, session_start, _ = hparams_summaries(flat_hparams(params), {})  # type: ignore[no-untyped-call]
         _file_writer(tensorboard.experiment).add_summary(session_start)
-        config = Path(tensorboard.log_dir) / "config.yaml"
-        if config.is_file():  # written by LightningCLI's SaveConfigCallback just before
+        config = self._config(trainer)
+        if config is not None:
             text = "\n".join("    " + line for line in config.read_text().splitlines())  # a markdown code block
             tensorboard.experiment.add_text("config", text, global_step=0)
 
@@ -175,6 +343,29 @@ class RunReport(L.Callback):
         if tensorboard is not None and trainer.is_global_zero:
             _, _, session_end = hparams_summaries({}, {})  # type: ignore[no-untyped-call]  # status: success
             _file_writer(tensorboard.experiment).add_summary(session_end)
+
+    @staticmethod
+    def _config(trainer: L.Trainer) -> Path | None:
+        """The run's ``config.yaml``, written into the run folder by LightningCLI's SaveConfigCallback at setup."""
+        first = trainer.loggers[0] if trainer.loggers else None
+        config = Path(first.log_dir, "config.yaml") if isinstance(first, _FOLDERS) else None
+        return config if config is not None and config.is_file() else None
+
+    def _config_to_mlflow(self, trainer: L.Trainer) -> None:
+        """The config to MLflow, which has no folder of the run's: as an artifact, and as params to compare runs by.
+
+        The params are under ``config/``, apart from the hyperparameters (``lr``, ``seed``, …): MLflow refuses a
+        param logged again with another value, and a hyperparameter's value (e.g. the lr a run used) may differ
+        from its setting (``lr: null``: the optimizer's default). Lightning cuts each value to 250 characters;
+        the artifact holds the whole file.
+        """
+        config = self._config(trainer)
+        if config is None or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.log_hyperparams(flat_hparams(yaml.safe_load(config.read_text()) or {}, prefix="config/"))
+                logger.experiment.log_artifact(logger.run_id, str(config))
 
     @staticmethod
     def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:

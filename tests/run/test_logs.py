@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import PROBLEMS, Problem, RunCLI, run_folder
+from conftest import PROBLEMS, Problem, RunCLI, http_json, run_folder
 from litpoly.loggers import flat_hparams
 
 
@@ -98,10 +96,7 @@ def test_tensorboard_serves_every_problem_side_by_side(run_cli: RunCLI, tmp_path
     base = f"http://127.0.0.1:{port}/data"
 
     def get(path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return http_json(base + path, body)
 
     try:
         deadline = time.monotonic() + 90
