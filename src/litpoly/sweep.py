@@ -1,0 +1,547 @@
+"""Hyperparameter sweeps on Optuna: each trial an ordinary run, the study in a database, resumable and parallel.
+
+``python scripts/sweep.py configs/sweeps/lr.yaml`` runs the sweep a search-space file describes (see
+:class:`SearchSpace`). What Optuna does, Optuna does: sampling (TPE, seeded), pruning (its ``MedianPruner``),
+the study in an SQLite file or a PostgreSQL database (its RDB storage), heartbeats that fail a trial whose
+process was killed, and the retry of such a trial (``RetryHeartbeatStaleTrialCallback``). What it lacks for a
+Lightning template is here, in one place:
+
+- **A trial is an ordinary litpoly run**: ``fit`` with the space's base arguments and the sampled settings as
+  flags, its own run folder (``lightning_logs/sweeps/<name>/lightning_logs/trial_<n>``: config, checkpoints,
+  TensorBoard, and MLflow's store beside them when the args add MLflow), its console output in
+  ``trial_<n>.log``, and the ``train.py`` command that reproduces it.
+- **Reports by step**: the metric is reported to Optuna after every validation at the run's step
+  (optuna-integration's Lightning callback reports by epoch, and a step-counted run is a single epoch).
+- **A diverged run ends pruned, with its reason** (the run's own ``error:`` line), so the sampler learns the
+  region is bad and the sweep goes on.
+- **Exactly the planned number of finished trials** across any number of workers and restarts: a worker starts
+  a trial only while fewer are finished or running than planned.
+- **Checked before anything is created**: the space file, every flag and value it names (parsed as ``train.py``
+  would), the metric (a ``fast_dev_run`` of the first settings must log it, writing nothing) and the storage;
+  each problem is one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeGuard
+
+import lightning as L
+import torch
+import yaml
+
+from litpoly.cli import cli_main, fail
+from litpoly.loggers import RUN_VERSION
+
+#: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
+#: process was killed): then the next trial any worker starts marks it failed, and Optuna retries its settings.
+HEARTBEAT_S = 2
+GRACE_S = 6
+
+FINISHED = ("COMPLETE", "PRUNED")
+#: A worker process's exit status when SIGINT or SIGTERM stopped it (as a shell reports Ctrl-C).
+INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting to sample: a float or int range (``low``, ``high``, ``log``, ``step``), or ``choices``."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    type: Literal["float", "int"] = "float"
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            step = int(self.step or 1)
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=step, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def probes(self) -> list[Any]:
+        """Values that show whether ``train.py`` takes this setting at all: both ends, or every choice."""
+        if self.choices:
+            return list(self.choices)
+        return [self.low, self.high] if self.type == "float" else [int(self.low or 0), int(self.high or 0)]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A sweep, as its YAML file describes it.
+
+    Example ``configs/sweeps/lr.yaml``::
+
+        name: sgd-lr                  # the study, and its folder lightning_logs/sweeps/sgd-lr/
+        metric: val/sse               # a metric every run logs at validation; the last value is the result
+        direction: minimize           # or maximize
+        trials: 16                    # finished trials (complete or pruned) the study is to have
+        seed: 0                       # the sampler's seed
+        args: [--config, configs/sgd.yaml]    # the base command: what `train.py fit` is given
+        params:
+          model.lr: {low: 1.0e-7, high: 1.0e-5, log: true}
+          model.optimizer: {choices: [sgd, rmsprop]}
+          data.batch_size: {low: 32, high: 256, type: int, log: true}
+        pruner: {n_startup_trials: 5, n_warmup_steps: 500}   # Optuna's MedianPruner; null: no pruning
+    """
+
+    name: str
+    metric: str
+    params: tuple[Param, ...]
+    direction: Literal["minimize", "maximize"] = "minimize"
+    trials: int = 20
+    seed: int = 0
+    args: tuple[str, ...] = ()
+    pruner: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def load(cls, path: Path) -> SearchSpace:
+        """Read and check a space file.
+
+        Raises:
+            ValueError: One line naming the key and what is allowed.
+        """
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except OSError as error:
+            raise ValueError(f"cannot read the search space {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"the search space {path} is not YAML: {' '.join(str(error).split())}") from None
+        if not isinstance(content, dict):
+            raise ValueError(f"the search space {path} must be a mapping of name, metric, params, …")
+        allowed = {"name", "metric", "direction", "trials", "seed", "args", "params", "pruner"}
+        if unknown := sorted(set(content) - allowed):
+            raise ValueError(f"unknown key {unknown[0]!r} in the search space {path}; allowed: {sorted(allowed)}")
+        for key in ("name", "metric", "params"):
+            if not content.get(key):
+                raise ValueError(f"the search space {path} needs `{key}`")
+        if content.get("direction", "minimize") not in ("minimize", "maximize"):
+            raise ValueError(f"Expected `direction` to be minimize or maximize, got {content['direction']!r}")
+        trials = content.get("trials", 20)
+        if not isinstance(trials, int) or trials < 1:
+            raise ValueError(f"Expected `trials` to be a positive integer, got {trials!r}")
+        pruner = content.get("pruner")
+        if pruner is not None:
+            import optuna
+
+            try:
+                optuna.pruners.MedianPruner(**pruner)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Expected `pruner` to be MedianPruner's settings or null: {error}") from None
+        args = content.get("args") or []
+        if not isinstance(args, list):
+            raise ValueError(f"Expected `args` to be a list of command-line words, got {args!r}")
+        if not isinstance(content["params"], dict):
+            raise ValueError("Expected `params` to map flags (e.g. model.lr) to ranges or choices")
+        params = tuple(_param(name, spec) for name, spec in content["params"].items())
+        return cls(
+            name=str(content["name"]),
+            metric=str(content["metric"]),
+            params=params,
+            direction=content.get("direction", "minimize"),
+            trials=trials,
+            seed=int(content.get("seed", 0)),
+            args=tuple(str(a) for a in args),
+            pruner=pruner,
+        )
+
+    def flags(self, values: dict[str, Any]) -> list[str]:
+        """``train.py fit``'s arguments for a trial with these settings."""
+        return ["fit", *self.args, *(word for name, value in values.items() for word in (f"--{name}", _text(value)))]
+
+
+def _param(name: str, spec: Any) -> Param:
+    where = f"`params.{name}`"
+    if not isinstance(spec, dict):
+        raise ValueError(f"Expected {where} to be {{low, high}} or {{choices}}, got {spec!r}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"Expected {where}.choices to be a non-empty list, got {choices!r}")
+        if extra := sorted(set(spec) - {"choices"}):
+            raise ValueError(f"{where}: `{extra[0]}` does not go with `choices`")
+        return Param(name, choices=tuple(choices))
+    if extra := sorted(set(spec) - {"low", "high", "log", "step", "type"}):
+        raise ValueError(f"{where}: unknown key `{extra[0]}`; allowed: low, high, log, step, type, or choices")
+    kind = spec.get("type", "float")
+    if kind not in ("float", "int"):
+        raise ValueError(f"Expected {where}.type to be float or int, got {kind!r}")
+    low, high, log = spec.get("low"), spec.get("high"), bool(spec.get("log", False))
+    if not (_finite(low) and _finite(high)):
+        raise ValueError(f"Expected {where}.low and .high to be finite numbers, got {low!r} and {high!r}")
+    if not low < high:
+        raise ValueError(f"{where} is an empty range: low {low} must be below high {high}")
+    if log and low <= 0:
+        raise ValueError(f"{where}: a log-scale range must be above 0, got low {low}")
+    return Param(name, low=float(low), high=float(high), log=log, step=spec.get("step"), type=kind)
+
+
+def _finite(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str:
+    """A value as a command-line word ``train.py`` parses back to the same value."""
+    return (
+        value
+        if isinstance(value, str)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+    )
+
+
+def command(space: SearchSpace, values: dict[str, Any]) -> str:
+    """The ``train.py`` command that runs a trial's settings again, as an ordinary run."""
+    return shlex.join(["python", "scripts/train.py", *space.flags(values)])
+
+
+# -- a trial ----------------------------------------------------------------------------------------------------
+
+
+class ReportToTrial(L.Callback):
+    """Reports the metric to an Optuna trial after every validation, at the step the loggers record it at (so a
+    trial's reports line up with its TensorBoard curve); raises ``TrialPruned`` when Optuna's pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+        self.last: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import optuna
+
+        value = trainer.callback_metrics.get(self.metric)
+        if trainer.sanity_checking or value is None:
+            return
+        self.last = float(value)
+        step = trainer.global_step - 1  # the last training step's index: the step Lightning logs this metric at
+        self.trial.report(self.last, step=step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: {self.metric} {self.last:.6g}")
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send everything this process prints to ``path``, then back: ``sys.stdout``/``sys.stderr``, and file
+    descriptors 1 and 2 (for handlers that kept the original streams, and for C code)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    return lines[-1].removeprefix("error: ") if lines else f"no reason given (see {log})"
+
+
+class TrialFailed(Exception):
+    """A trial's run ended with an error that is not about its settings' quality (recorded, the sweep goes on)."""
+
+
+def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path | None) -> float:
+    """Run one trial as an ordinary ``fit`` in this process; its metric's last validated value is the result.
+
+    Its run folder is ``<folder>/lightning_logs/trial_<n>`` (named through ``$LITPOLY_RUN_VERSION``, so that
+    parallel workers never pick the same ``version_N``), and what it prints goes to ``<folder>/trial_<n>.log``.
+    """
+    import optuna
+
+    values = {p.name: p.suggest(trial) for p in space.params}
+    name = f"trial_{trial.number}"
+    trial.set_user_attr("command", command(space, values))
+    trial.set_user_attr("run_folder", str(folder / "lightning_logs" / name))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    report = ReportToTrial(trial, space.metric)
+    log = folder / f"{name}.log"
+    os.environ[RUN_VERSION] = name
+    try:
+        with output_to(log):
+            cli_main([*space.flags(values), "--trainer.default_root_dir", str(folder)], default_config, [report])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+        if code == 1:  # RunGuard: diverged (a NaN, an inf, or past --guard.divergence_threshold)
+            trial.set_user_attr("diverged", _last_error(log))
+            raise optuna.TrialPruned(f"diverged: {_last_error(log)}") from None
+        if code >= 128:  # SIGINT/SIGTERM stopped the run cleanly: stop the sweep too (Optuna marks it failed)
+            raise KeyboardInterrupt from None
+        raise TrialFailed(_last_error(log)) from None
+    finally:
+        del os.environ[RUN_VERSION]
+    if report.last is None:
+        raise TrialFailed(f"the run logged no `{space.metric}` at any validation")
+    return report.last
+
+
+# -- the study --------------------------------------------------------------------------------------------------
+
+
+def storage_url(space: SearchSpace, storage: str | None, logs: Path) -> str:
+    """The study's database: ``storage`` as given, or an SQLite file in the sweep's folder."""
+    return storage or f"sqlite:///{(logs / 'sweeps' / space.name / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's RDB storage at ``url``, with heartbeats, and a retry for a trial whose process was killed.
+
+    Raises:
+        ValueError: The database cannot be reached or opened (one line).
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 60}  # several workers take turns writing one file
+    elif url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
+        reason = " ".join(str(error).split("\n(Background")[0].split())
+        raise ValueError(f"cannot open the study's storage {_safe(url)}: {reason[:300]}") from None
+
+
+def _safe(url: str) -> str:
+    """A storage URL without its password."""
+    head, sep, tail = url.rpartition("@")
+    return url if not sep else head.split("://")[0] + "://…@" + tail
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials of the study by state name."""
+    result: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state.name] = result.get(trial.state.name, 0) + 1
+    return result
+
+
+def work(space: SearchSpace, url: str, folder: Path, default_config: Path | None, worker: int, threads: int) -> None:
+    """One worker: start trials until the study has its planned number finished (or running elsewhere)."""
+    import optuna
+
+    torch.set_num_threads(threads)
+    storage = open_storage(url)
+    started = sum(counts(optuna.load_study(study_name=space.name, storage=storage)).values())
+    # A different stream per worker and per restart: a resumed sweep does not sample its first settings again.
+    sampler = optuna.samplers.TPESampler(seed=space.seed + 1000 * worker + started)
+    pruner = optuna.pruners.MedianPruner(**space.pruner) if space.pruner else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner)
+    parent = os.getppid()
+
+    def objective(trial: Any) -> float:
+        # Optuna numbers trials in the order they start: a trial beyond the plan (two workers started at once)
+        # is given up before it runs, so the study ends with exactly the planned number.
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state.name != "FAIL"]
+        if len(ahead) >= space.trials:
+            raise TrialFailed("not run: the study already had its planned number of trials")
+        return run_trial(trial, space, folder, default_config)
+
+    while os.getppid() == parent:  # a worker whose sweep was killed stops
+        optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
+        states = counts(study)
+        finished = sum(states.get(s, 0) for s in FINISHED)
+        if finished >= space.trials:
+            break
+        if states.get("FAIL", 0) >= max(3, space.trials):  # e.g. every run fails: not a sweep to go on with
+            print(f"Stopping: {states['FAIL']} trials failed; see their logs in {folder}.", file=sys.stderr, flush=True)
+            break
+        if finished + states.get("RUNNING", 0) >= space.trials and not states.get("WAITING"):
+            time.sleep(HEARTBEAT_S)  # the rest are running (here or elsewhere): wait for them to finish or die
+            continue
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say_trial(space)])
+
+
+def _say_trial(space: SearchSpace) -> Callable[[Any, Any], None]:
+    """Optuna's callback after each trial: one line with its settings and result (or why it ended early)."""
+
+    def say(study: Any, trial: Any) -> None:
+        state = trial.state.name.lower()
+        if trial.state.name == "COMPLETE":
+            result = f"{space.metric} {trial.value:.6g}"
+        else:
+            result = trial.user_attrs.get("diverged") or trial.system_attrs.get("fail_reason") or ""
+            result = f"pruned at step {trial.last_step}" if not result and trial.last_step is not None else result
+        settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        print(f"trial {trial.number} ({state}): {settings} — {result}", flush=True)
+
+    return say
+
+
+def check(space: SearchSpace, default_config: Path | None) -> None:
+    """Fail (one line, exit 2) unless ``train.py`` takes every flag and value of the space and logs its metric.
+
+    Every value is parsed as ``train.py fit`` would (``--print_config``: nothing runs); then the first settings
+    run once as ``fast_dev_run`` (one step, one validation, nothing written) to see the metric logged.
+    """
+    seen: dict[str, float] = {}
+
+    class Probe(L.Callback):
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            seen.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+
+    first = {p.name: p.probes()[0] for p in space.params}
+    trials = [first | {p.name: value} for p in space.params for value in p.probes()]
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "check.log"
+        for values in trials:
+            _check_run([*space.flags(values), "--print_config"], default_config, log, [])
+        _check_run(
+            [*space.flags(first), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", scratch],
+            default_config,
+            log,
+            [Probe()],
+        )
+    if space.metric not in seen:
+        logged = ", ".join(sorted(seen)) or "nothing"
+        fail(f"`metric` {space.metric!r} is not logged at validation by this run; it logs: {logged}")
+
+
+def _check_run(args: list[str], default_config: Path | None, log: Path, callbacks: list[L.Callback]) -> None:
+    log.write_text("")
+    try:
+        with output_to(log):
+            cli_main(args, default_config, callbacks)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            fail(f"the search space's run fails: {_last_error(log)}")
+
+
+def sweep(
+    space_path: Path,
+    default_config: Path | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    trials: int | None = None,
+    logs: Path = Path("lightning_logs"),
+) -> Any:
+    """Run (or go on with) the sweep ``space_path`` describes; print each trial and the best. Returns the study."""
+    import optuna
+
+    try:
+        space = SearchSpace.load(space_path)
+        if trials is not None:
+            if trials < 1:
+                raise ValueError(f"Expected `--trials` to be a positive integer, got {trials}")
+            space = SearchSpace(**{**space.__dict__, "trials": trials})
+        if workers < 1:
+            raise ValueError(f"Expected `--workers` to be a positive integer, got {workers}")
+    except ValueError as error:
+        fail(str(error))
+    check(space, default_config)
+    url = storage_url(space, storage, logs)
+    try:
+        rdb = open_storage(url)
+    except ValueError as error:
+        fail(str(error))
+    study = optuna.create_study(study_name=space.name, storage=rdb, direction=space.direction, load_if_exists=True)
+    folder = (logs / "sweeps" / space.name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    before = counts(study)
+    done = sum(before.get(s, 0) for s in FINISHED)
+    print(f"Study {space.name!r} in {_safe(url)}: {done} of {space.trials} trials finished; {workers} worker(s).")
+    print(f"Trials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    interrupted = False
+    try:
+        if workers == 1:
+            work(space, url, folder, default_config, 0, threads)
+        else:
+            _in_processes(space, url, folder, default_config, workers, threads)
+    except KeyboardInterrupt:
+        interrupted = True
+    _report(space, optuna.load_study(study_name=space.name, storage=open_storage(url)))
+    if interrupted:
+        print("Interrupted: the same command goes on with this study.", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    return study
+
+
+def _in_processes(
+    space: SearchSpace, url: str, folder: Path, default_config: Path | None, workers: int, threads: int
+) -> None:
+    """Run ``workers`` worker processes; SIGINT/SIGTERM here stops each of them cleanly (its trial failed)."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no state shared with this one
+    processes = [
+        context.Process(target=_worker_process, args=(space, url, folder, default_config, i, threads))
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def stop(signum: int, frame: Any) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(p.exitcode == INTERRUPTED for p in processes):
+        raise KeyboardInterrupt
+    if crashed := [p.exitcode for p in processes if p.exitcode]:
+        raise RuntimeError(f"{len(crashed)} worker(s) stopped with an error (exit status {crashed[0]}): see above")
+
+
+def _worker_process(*args: Any) -> None:
+    """A worker in its own process: on SIGINT/SIGTERM (its trial already marked failed), exit without a traceback."""
+    try:
+        work(*args)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+def _report(space: SearchSpace, study: Any) -> None:
+    states = counts(study)
+    print(f"Trials: {', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items()))}.")
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        print("No trial completed yet.")
+        return
+    best = study.best_trial
+    print(f"Best: trial {best.number}, {space.metric} {best.value:.6g}, {best.params}")
+    print(f"Run it again: {best.user_attrs.get('command', '')}", flush=True)

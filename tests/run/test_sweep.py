@@ -1,0 +1,317 @@
+"""Sweeps (scripts/sweep.py, litpoly.sweep) on both problems: trials that are ordinary runs, pruning by step,
+kill and resume, two workers on one SQLite study and on one PostgreSQL database, and bad input."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import DEFAULT_CONFIG, REPO, Problem, subprocess_env
+from litpoly.sweep import sweep
+
+SWEEP = REPO / "scripts" / "sweep.py"
+#: What each problem's sweep searches and watches.
+SEARCH = {
+    "sine": ("val/sse", {"low": 1.0e-7, "high": 3.0e-6, "log": True}),
+    "twomoons": ("val/loss", {"low": 1.0e-3, "high": 1.0e-1, "log": True}),
+}
+Trials = list[optuna.trial.FrozenTrial]
+
+
+def write_space(folder: Path, problem: Problem, **changes: Any) -> Path:
+    metric, lr = SEARCH[problem.name]
+    space = {
+        "name": f"{problem.name}-lr",
+        "metric": metric,
+        "trials": 3,
+        "args": [*problem.select, *problem.quick, "--trainer.enable_progress_bar", "false"],
+        "params": {"model.lr": lr},
+    }
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump({**space, **changes}))
+    return path
+
+
+def study_trials(logs: Path, name: str, storage: str | None = None) -> Trials:
+    url = storage or f"sqlite:///{logs / 'sweeps' / name / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def states(trials: Trials) -> list[str]:
+    return sorted(t.state.name for t in trials)
+
+
+def run_folder(trial: optuna.trial.FrozenTrial) -> Path:
+    return Path(trial.user_attrs["run_folder"])
+
+
+def tensorboard_values(folder: Path, tag: str) -> dict[int, float]:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+@pytest.fixture
+def in_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in ``tmp_path`` with the second problem importable, as scripts/train.py's tests do."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    return tmp_path
+
+
+def test_each_trial_is_an_ordinary_run_and_its_result_is_what_tensorboard_recorded(
+    problem: Problem, in_tests: Path
+) -> None:
+    logs = in_tests / "lightning_logs"
+    study = sweep(write_space(in_tests, problem), DEFAULT_CONFIG, logs=logs)
+    metric, _ = SEARCH[problem.name]
+    trials = study.get_trials()
+    assert states(trials) == ["COMPLETE"] * 3
+    for trial in trials:
+        folder = run_folder(trial)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["model"]["init_args"]["lr"] == trial.params["model.lr"]  # the sampled setting, as run
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        # The trial's value and its reports are the run's own validations, as TensorBoard's file has them.
+        logged = tensorboard_values(folder, metric)
+        last_step = max(logged)
+        assert trial.value == pytest.approx(logged[last_step], rel=1e-6)
+        assert trial.intermediate_values == pytest.approx(logged, rel=1e-6)
+        assert trial.user_attrs["command"].startswith("python scripts/train.py fit ")
+        assert f"--model.lr {trial.params['model.lr']}" in trial.user_attrs["command"]
+
+
+def test_hopeless_trials_are_pruned_by_the_median_of_the_others_at_the_same_step(in_tests: Path) -> None:
+    from conftest import SINE
+
+    space = write_space(
+        in_tests,
+        SINE,
+        trials=5,
+        args=["--trainer.max_steps", "300", "--trainer.enable_progress_bar", "false", "--model.parity", "false"],
+        params={"model.lr": {"low": 1.0e-8, "high": 3.0e-6, "log": True}},
+        pruner={"n_startup_trials": 2, "n_warmup_steps": 50},
+    )
+    trials = sweep(space, DEFAULT_CONFIG, logs=in_tests / "lightning_logs").get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "no trial was pruned"
+    for trial in pruned:
+        step, value = max(trial.intermediate_values.items())
+        # MedianPruner's rule: worse than the median of the trials completed before it, at the same step.
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete < trial.datetime_complete]
+        assert value > np.median([t.intermediate_values[step] for t in complete])
+        assert max(tensorboard_values(run_folder(trial), "val/sse")) == step  # it stopped at that validation
+
+
+def sweep_command(space: Path, *args: str) -> list[str]:
+    return [sys.executable, str(SWEEP), str(space), *args]
+
+
+def test_a_killed_sweep_resumed_ends_with_the_planned_trials_and_none_run_twice(tmp_path: Path) -> None:
+    from conftest import SINE
+
+    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "600", "--model.parity", "false"])
+    logs = tmp_path / "lightning_logs"
+    sweep_process = subprocess.Popen(
+        sweep_command(space), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    trial_1 = logs / "sweeps" / "sine-lr" / "trial_1.log"
+    deadline = time.monotonic() + 120
+    while not trial_1.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # mid-trial
+    sweep_process.send_signal(signal.SIGKILL)
+    sweep_process.wait()
+    before = study_trials(logs, "sine-lr")
+    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]  # killed in the second trial
+
+    resumed = subprocess.run(sweep_command(space), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 4 trials finished" in resumed.stdout
+    after = study_trials(logs, "sine-lr")
+    finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4
+    assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]
+    assert after[0].value == before[0].value and after[0].datetime_complete == before[0].datetime_complete  # kept
+    assert after[1].state.name == "FAIL"  # the killed trial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = [t for t in finished if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
+    assert len(retried) == 1 and retried[0].params == before[1].params  # its settings, run once more
+    assert len({t.params["model.lr"] for t in finished}) == 4  # no settings run twice
+    assert len({t.user_attrs["run_folder"] for t in finished}) == 4
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+    from conftest import SINE
+
+    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "300", "--model.parity", "false"])
+    done = subprocess.run(
+        sweep_command(space, "--workers", "2"), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    trials = study_trials(tmp_path / "lightning_logs", "sine-lr")
+    assert states(trials) == ["COMPLETE"] * 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    assert len({t.params["model.lr"] for t in trials}) == 4
+
+
+@pytest.fixture
+def postgresql() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl; Debian's postgresql package), stopped after."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+    if not found[-1]:
+        pytest.fail("PostgreSQL's initdb is not installed (Debian: apt-get install postgresql; see .ci/run)")
+    bin_dir = Path(found[-1]).parent
+    # Its own folder, not under pytest's (which only root may enter): as root, the server runs as `postgres`.
+    folder = Path(tempfile.mkdtemp(prefix="litpoly-postgresql-"))
+    data = folder / "data"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        os.chmod(folder, 0o755)
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "sweep", "--auth=trust"], check=True,
+                       capture_output=True)  # fmt: skip
+        options = f"-h 127.0.0.1 -p {port} -k {data}"
+        # -l: the server's output to a file; inheriting a pipe of ours, it would keep subprocess.run waiting.
+        start = [*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", data / "server.log", "-w", "start"]
+        subprocess.run(start, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "study"], check=True)
+        yield f"postgresql://sweep@127.0.0.1:{port}/study"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str) -> None:
+    from conftest import TWOMOONS
+
+    space = write_space(tmp_path, TWOMOONS, trials=4)
+    done = subprocess.run(
+        sweep_command(space, "--workers", "2", "--storage", postgresql),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "postgresql://…@127.0.0.1" in done.stdout  # the URL shown without its credentials
+    trials = study_trials(tmp_path, "twomoons-lr", storage=postgresql)
+    assert states(trials) == ["COMPLETE"] * 4, done.stdout
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert not (tmp_path / "lightning_logs" / "sweeps" / "twomoons-lr" / "study.db").exists()  # all in PostgreSQL
+    best = min(trials, key=lambda t: t.value)
+    assert f"Best: trial {best.number}, val/loss {best.value:.6g}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"params": {"model.no_such_setting": {"low": 1, "high": 2}}}, "no_such_setting"),
+        ({"params": {"model.lr": {"low": 1.0e-3, "high": 1.0e-3}}}, "`params.model.lr` is an empty range"),
+        ({"metric": "val/no_such_metric"}, "`metric` 'val/no_such_metric' is not logged"),
+        ({"trials": 0}, "Expected `trials` to be a positive integer"),
+        ({"search": 1}, "unknown key 'search'"),
+        ({"pruner": {"patience": 3}}, "Expected `pruner` to be MedianPruner's settings or null"),
+    ],
+)
+def test_bad_input_is_one_line_and_creates_no_study_or_run(
+    in_tests: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], message: str
+) -> None:
+    from conftest import TWOMOONS
+
+    space = write_space(in_tests, TWOMOONS, **change)
+    with pytest.raises(SystemExit) as stop:
+        sweep(space, DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (in_tests / "lightning_logs").exists()
+
+
+def test_an_unreachable_storage_is_one_line_on_the_command_line(tmp_path: Path) -> None:
+    from conftest import TWOMOONS
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    space = write_space(tmp_path, TWOMOONS)
+    done = subprocess.run(
+        sweep_command(space, "--storage", f"postgresql://sweep:secret@127.0.0.1:{port}/study"),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot open the study's storage postgresql://…@127.0.0.1"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "secret" not in done.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_trials_with_mlflow_share_one_store_side_by_side(in_tests: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from conftest import SINE
+
+    args = ["--config", str(REPO / "configs" / "loggers" / "mlflow.yaml"), *SINE.quick, "--model.parity", "false"]
+    study = sweep(write_space(in_tests, SINE, trials=2, args=args), DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    store = in_tests / "lightning_logs" / "sweeps" / "sine-lr" / "lightning_logs" / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = {run.info.run_name: run for run in client.search_runs(client.search_experiments()[0].experiment_id)}
+    assert sorted(runs) == ["trial_0", "trial_1"]
+    for trial in study.get_trials():
+        run = runs[f"trial_{trial.number}"]
+        assert float(run.data.params["lr"]) == trial.params["model.lr"]
+        assert run.data.metrics["val/sse"] == pytest.approx(trial.value, rel=1e-6)
+
+
+class NoMLflow:
+    """An import hook that makes ``import mlflow`` fail, as where the mlflow extra is not installed."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] == "mlflow":
+            raise ImportError(f"No module named {name!r}")
+
+
+def test_a_sweep_asking_for_mlflow_without_it_is_one_line_and_creates_nothing(
+    in_tests: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import SINE
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "mlflow"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoMLflow(), *sys.meta_path])
+    args = ["--config", str(REPO / "configs" / "loggers" / "mlflow.yaml"), *SINE.quick]
+    with pytest.raises(SystemExit) as stop:
+        sweep(write_space(in_tests, SINE, args=args), DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: the search space\'s run fails: `trainer.logger` asks for MLflow, which is not installed: '
+                   'pip install -e ".[mlflow]"']  # fmt: skip
+    assert not (in_tests / "lightning_logs").exists()
