@@ -4,17 +4,19 @@
     python scripts/sweep.py configs/sweeps/lr.yaml --workers 2          # two worker processes, one study
     python scripts/sweep.py configs/sweeps/lr.yaml --storage postgresql://user:pw@host/db   # workers anywhere
 
-The same command after Ctrl-C, SIGKILL or a crash goes on with the same study: finished trials are kept, an
-interrupted one is marked failed and its settings tried again. Trials print as they finish; at the end, the best
-trial's settings and the ``train.py`` command that reproduces it. See ``litpoly.sweep`` for the space file.
+The same command after Ctrl-C, SIGTERM, SIGKILL or a crash goes on with the same study: finished trials are kept;
+a trial stopped by a signal is marked failed, and one whose process was killed outright is marked failed when its
+heartbeat is missing (``--grace_period``) and its settings run again. Trials print as they finish; at the end, the
+best trial's settings and the ``train.py`` command that reproduces it. See ``litpoly.sweep`` for the space file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError, auto_cli
 
+from litpoly.cli import fail
 from litpoly.sweep import sweep
 
 #: The project's default run, as train.py uses it: the base of a space whose args name no model or data class.
@@ -23,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml
 
 def main(
     space: Path, storage: str | None = None, workers: int = 1, trials: int | None = None,
-    logs: Path = Path("lightning_logs"),
+    logs: Path = Path("lightning_logs"), grace_period: float = 60.0,
 ) -> None:  # fmt: skip
     """Run or resume the sweep a search-space file describes.
 
@@ -33,9 +35,13 @@ def main(
         workers: Worker processes on this machine, each running trials in turn.
         trials: Finished trials the study is to have (default: the space file's `trials`).
         logs: The folder the sweep's folder goes in (lightning_logs/sweeps/<name>/).
+        grace_period: Seconds without a heartbeat (one every 2 s) after which a running trial counts as dead.
     """
-    sweep(space, DEFAULT_CONFIG, storage=storage, workers=workers, trials=trials, logs=logs)
+    sweep(space, DEFAULT_CONFIG, storage=storage, workers=workers, trials=trials, logs=logs, grace_period=grace_period)
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=True)
+    try:
+        auto_cli(main, as_positional=True, exit_on_error=False)
+    except ArgumentError as error:  # an unknown flag, a value of the wrong type: one line, as train.py's
+        fail(" ".join(str(error).split()))

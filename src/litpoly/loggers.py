@@ -182,7 +182,8 @@ def place_loggers(entries: list[Any], root: str) -> None:
 
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the ``with`` block, then put back what was there."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -207,7 +208,7 @@ def check_tracking_server(uri: str, timeout: int = 10) -> None:
     """
     from mlflow.tracking import MlflowClient  # imported here: the extra is only needed where asked for
 
-    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
+    with environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:  # any failure (refused, timed out, not MLflow): the run could not log there

@@ -33,27 +33,31 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, NoReturn, TypeGuard
 
 import lightning as L
 import torch
 import yaml
 
 from litpoly.cli import cli_main, fail
-from litpoly.loggers import RUN_VERSION
+from litpoly.loggers import RUN_VERSION, environ
 
 #: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
 #: process was killed): then the next trial any worker starts marks it failed, and Optuna retries its settings.
 HEARTBEAT_S = 2
-GRACE_S = 6
+GRACE_S = 60
 
 FINISHED = ("COMPLETE", "PRUNED")
-#: A worker process's exit status when SIGINT or SIGTERM stopped it (as a shell reports Ctrl-C).
+#: A worker process's exit status when SIGINT or SIGTERM stopped it (as a shell reports Ctrl-C), and when it
+#: stopped because too many of its trials failed.
 INTERRUPTED = 130
+STOPPED = 3
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,9 @@ class SearchSpace:
         trials = content.get("trials", 20)
         if not isinstance(trials, int) or trials < 1:
             raise ValueError(f"Expected `trials` to be a positive integer, got {trials!r}")
+        seed = content.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"Expected `seed` to be an integer, got {seed!r}")
         pruner = content.get("pruner")
         if pruner is not None:
             import optuna
@@ -158,7 +165,7 @@ class SearchSpace:
             params=params,
             direction=content.get("direction", "minimize"),
             trials=trials,
-            seed=int(content.get("seed", 0)),
+            seed=seed,
             args=tuple(str(a) for a in args),
             pruner=pruner,
         )
@@ -189,9 +196,19 @@ def _param(name: str, spec: Any) -> Param:
         raise ValueError(f"Expected {where}.low and .high to be finite numbers, got {low!r} and {high!r}")
     if not low < high:
         raise ValueError(f"{where} is an empty range: low {low} must be below high {high}")
-    if log and low <= 0:
-        raise ValueError(f"{where}: a log-scale range must be above 0, got low {low}")
-    return Param(name, low=float(low), high=float(high), log=log, step=spec.get("step"), type=kind)
+    step = spec.get("step")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high, 1 if step is None else step)):
+        raise ValueError(f"{where}: an int range needs whole numbers, got low {low}, high {high}, step {step}")
+    import optuna
+
+    try:  # the rest Optuna checks itself (a log scale above 0, no step with log, a positive step, …)
+        if kind == "int":
+            optuna.distributions.IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+        else:
+            optuna.distributions.FloatDistribution(low, high, log=log, step=step)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    return Param(name, low=float(low), high=float(high), log=log, step=step, type=kind)
 
 
 def _finite(value: Any) -> TypeGuard[float]:
@@ -240,17 +257,21 @@ class ReportToTrial(L.Callback):
 def output_to(path: Path) -> Iterator[None]:
     """Send everything this process prints to ``path``, then back: ``sys.stdout``/``sys.stderr``, and file
     descriptors 1 and 2 (for handlers that kept the original streams, and for C code)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     with path.open("a", buffering=1) as log:
+        streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        for stream in streams:
+            if stream is not None:
+                stream.flush()
+        saved = os.dup(1), os.dup(2)
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield
         finally:
-            log.flush()
+            for stream in (*streams, log):
+                if stream is not None:
+                    stream.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
@@ -262,6 +283,10 @@ def _last_error(log: Path) -> str:
     return lines[-1].removeprefix("error: ") if lines else f"no reason given (see {log})"
 
 
+#: How RunGuard's one line for a diverged run begins (``error: training diverged at step …``).
+DIVERGED = "training diverged"
+
+
 class TrialFailed(Exception):
     """A trial's run ended with an error that is not about its settings' quality (recorded, the sweep goes on)."""
 
@@ -271,6 +296,8 @@ def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path
 
     Its run folder is ``<folder>/lightning_logs/trial_<n>`` (named through ``$LITPOLY_RUN_VERSION``, so that
     parallel workers never pick the same ``version_N``), and what it prints goes to ``<folder>/trial_<n>.log``.
+    A diverged run ends *pruned*; a run that fails otherwise (a setting only the run finds wrong, an error in
+    the model) ends *failed* with its reason, and the sweep goes on; Ctrl-C or SIGTERM stops the sweep.
     """
     import optuna
 
@@ -281,26 +308,55 @@ def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     report = ReportToTrial(trial, space.metric)
     log = folder / f"{name}.log"
-    os.environ[RUN_VERSION] = name
     try:
-        with output_to(log):
+        with output_to(log), environ(**{RUN_VERSION: name}):
             cli_main([*space.flags(values), "--trainer.default_root_dir", str(folder)], default_config, [report])
+    except optuna.TrialPruned:
+        raise
     except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-        if code == 1:  # RunGuard: diverged (a NaN, an inf, or past --guard.divergence_threshold)
-            trial.set_user_attr("diverged", _last_error(log))
-            raise optuna.TrialPruned(f"diverged: {_last_error(log)}") from None
-        if code >= 128:  # SIGINT/SIGTERM stopped the run cleanly: stop the sweep too (Optuna marks it failed)
+        reason = _last_error(log)
+        if stop.code == 1 and reason.startswith(DIVERGED):  # a NaN, an inf, or past --guard.divergence_threshold
+            trial.set_user_attr("diverged", reason)
+            raise optuna.TrialPruned(reason) from None
+        if (isinstance(stop.code, int) and stop.code >= 128) or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # Ctrl-C or SIGTERM: stopped cleanly by RunGuard (exit 128 + signal), or by Lightning itself before
+            # training began (exit 1, with SIGINT left ignored). Either way the sweep stops; Optuna marks the
+            # trial failed.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt from None
-        raise TrialFailed(_last_error(log)) from None
-    finally:
-        del os.environ[RUN_VERSION]
+        _failed(trial, reason)
+    except Exception as error:  # the model's or the data's own error: recorded, with its traceback in the log
+        with log.open("a") as file:
+            traceback.print_exc(file=file)
+        _failed(trial, f"{type(error).__name__}: {error}")
     if report.last is None:
-        raise TrialFailed(f"the run logged no `{space.metric}` at any validation")
+        _failed(trial, f"the run logged no `{space.metric}` at any validation")
     return report.last
 
 
+def _failed(trial: Any, reason: str) -> NoReturn:
+    trial.set_user_attr("error", reason)
+    raise TrialFailed(reason)
+
+
 # -- the study --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every worker of a sweep needs: the space, the study's database, the sweep's folder, the defaults.
+
+    Attributes:
+        shared: The storage was given (``--storage``): workers elsewhere may share the study.
+        grace_s: Seconds without a heartbeat after which a running trial counts as dead.
+    """
+
+    space: SearchSpace
+    url: str
+    folder: Path
+    default_config: Path | None
+    shared: bool
+    grace_s: float = GRACE_S
 
 
 def storage_url(space: SearchSpace, storage: str | None, logs: Path) -> str:
@@ -308,7 +364,7 @@ def storage_url(space: SearchSpace, storage: str | None, logs: Path) -> str:
     return storage or f"sqlite:///{(logs / 'sweeps' / space.name / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
     """Optuna's RDB storage at ``url``, with heartbeats, and a retry for a trial whose process was killed.
 
     Raises:
@@ -323,14 +379,16 @@ def open_storage(url: str) -> Any:
         kwargs["connect_args"] = {"timeout": 60}  # several workers take turns writing one file
     elif url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Each trial prints its own line (and its log has the details): Optuna's own messages, and the traceback it
+    # logs for every failed trial, would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
     try:
         return RDBStorage(
             url,
             engine_kwargs=kwargs,
             heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
+            grace_period=int(grace_s),
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
@@ -352,18 +410,26 @@ def counts(study: Any) -> dict[str, int]:
     return result
 
 
-def work(space: SearchSpace, url: str, folder: Path, default_config: Path | None, worker: int, threads: int) -> None:
-    """One worker: start trials until the study has its planned number finished (or running elsewhere)."""
+def work(setup: Setup, worker: int, threads: int, parent: int | None = None) -> None:
+    """One worker: start trials until the study has its planned number finished (or running elsewhere).
+
+    ``parent``: the sweep's process, for a worker in a process of its own: it stops when the sweep is gone.
+    """
     import optuna
 
+    space = setup.space
     torch.set_num_threads(threads)
-    storage = open_storage(url)
+    storage = open_storage(setup.url, setup.grace_s)
     started = sum(counts(optuna.load_study(study_name=space.name, storage=storage)).values())
-    # A different stream per worker and per restart: a resumed sweep does not sample its first settings again.
-    sampler = optuna.samplers.TPESampler(seed=space.seed + 1000 * worker + started)
-    pruner = optuna.pruners.MedianPruner(**space.pruner) if space.pruner else optuna.pruners.NopPruner()
+    # The space's seed for the first worker of a new sweep; a stream of settings of its own for every other worker
+    # and restart (a resumed sweep does not draw its first settings again), and for every machine and process when
+    # the study is shared (workers started at the same moment elsewhere).
+    seed = space.seed + 1000 * worker + started
+    if setup.shared:
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = optuna.pruners.MedianPruner(**space.pruner) if space.pruner is not None else optuna.pruners.NopPruner()
     study = optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner)
-    parent = os.getppid()
 
     def objective(trial: Any) -> float:
         # Optuna numbers trials in the order they start: a trial beyond the plan (two workers started at once)
@@ -371,18 +437,18 @@ def work(space: SearchSpace, url: str, folder: Path, default_config: Path | None
         ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state.name != "FAIL"]
         if len(ahead) >= space.trials:
             raise TrialFailed("not run: the study already had its planned number of trials")
-        return run_trial(trial, space, folder, default_config)
+        return run_trial(trial, space, setup.folder, setup.default_config)
 
-    while os.getppid() == parent:  # a worker whose sweep was killed stops
+    while parent is None or os.getppid() == parent:
         optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
+        trials = study.get_trials(deepcopy=False)
         states = counts(study)
-        finished = sum(states.get(s, 0) for s in FINISHED)
-        if finished >= space.trials:
+        if sum(states.get(s, 0) for s in FINISHED) >= space.trials:
             break
-        if states.get("FAIL", 0) >= max(3, space.trials):  # e.g. every run fails: not a sweep to go on with
-            print(f"Stopping: {states['FAIL']} trials failed; see their logs in {folder}.", file=sys.stderr, flush=True)
-            break
-        if finished + states.get("RUNNING", 0) >= space.trials and not states.get("WAITING"):
+        # Runs that failed on their own (not interrupted, not killed): a space where every run fails stops here.
+        if (errors := sum("error" in t.user_attrs for t in trials)) >= max(3, space.trials):
+            raise TrialFailed(f"{errors} trials failed; see their logs in {setup.folder}")
+        if sum(states.get(s, 0) for s in (*FINISHED, "RUNNING")) >= space.trials and not states.get("WAITING"):
             time.sleep(HEARTBEAT_S)  # the rest are running (here or elsewhere): wait for them to finish or die
             continue
         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say_trial(space)])
@@ -396,10 +462,11 @@ def _say_trial(space: SearchSpace) -> Callable[[Any, Any], None]:
         if trial.state.name == "COMPLETE":
             result = f"{space.metric} {trial.value:.6g}"
         else:
-            result = trial.user_attrs.get("diverged") or trial.system_attrs.get("fail_reason") or ""
+            result = trial.user_attrs.get("diverged") or trial.user_attrs.get("error") or ""
             result = f"pruned at step {trial.last_step}" if not result and trial.last_step is not None else result
         settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        print(f"trial {trial.number} ({state}): {settings} — {result}", flush=True)
+        if settings:  # a trial given up before it drew its settings (beyond the plan) says nothing
+            print(f"trial {trial.number} ({state}): {settings} — {result}", flush=True)
 
     return say
 
@@ -407,8 +474,10 @@ def _say_trial(space: SearchSpace) -> Callable[[Any, Any], None]:
 def check(space: SearchSpace, default_config: Path | None) -> None:
     """Fail (one line, exit 2) unless ``train.py`` takes every flag and value of the space and logs its metric.
 
-    Every value is parsed as ``train.py fit`` would (``--print_config``: nothing runs); then the first settings
-    run once as ``fast_dev_run`` (one step, one validation, nothing written) to see the metric logged.
+    Every value is parsed as ``train.py fit`` would (``--print_config``: nothing runs); a trial must run in one
+    process (it runs inside a worker: Lightning's DDP launcher would start the sweep again in every process); then
+    the first settings run once as ``fast_dev_run`` (one step, one validation, nothing written) to see the metric
+    logged.
     """
     seen: dict[str, float] = {}
 
@@ -421,7 +490,18 @@ def check(space: SearchSpace, default_config: Path | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "check.log"
         for values in trials:
-            _check_run([*space.flags(values), "--print_config"], default_config, log, [])
+            with warnings.catch_warnings():  # the printed config alone, to read back
+                warnings.simplefilter("ignore")
+                config = _check_run([*space.flags(values), "--print_config"], default_config, log, [])
+            if not isinstance(config, dict):
+                fail(f"cannot read the config of the search space's run back: {log.read_text()[:200]!r}")
+            trainer = config.get("trainer") or {}
+            devices, strategy = trainer.get("devices"), str(trainer.get("strategy"))
+            if _processes(devices) > 1 or int(trainer.get("num_nodes") or 1) > 1 or "ddp" in strategy.lower():
+                fail(
+                    f"a sweep runs each trial in one process (trainer.devices {devices}, trainer.strategy "
+                    f"{strategy}): run trials side by side with --workers instead"
+                )
         _check_run(
             [*space.flags(first), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", scratch],
             default_config,
@@ -433,7 +513,26 @@ def check(space: SearchSpace, default_config: Path | None) -> None:
         fail(f"`metric` {space.metric!r} is not logged at validation by this run; it logs: {logged}")
 
 
-def _check_run(args: list[str], default_config: Path | None, log: Path, callbacks: list[L.Callback]) -> None:
+def _processes(devices: Any) -> int:
+    """How many processes ``trainer.devices`` asks for: ``auto`` and ``1`` one each (a worker sees one GPU).
+
+    Example:
+        >>> [_processes(d) for d in ("auto", 1, "2", "-1", [0, 1], "0,1", "0,")]
+        [1, 1, 2, 2, 2, 2, 1]
+    """
+    if isinstance(devices, list):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    if text.lstrip("-").isdigit():
+        return 2 if int(text) == -1 else int(text)  # -1: every device there is
+    return 1
+
+
+def _check_run(args: list[str], default_config: Path | None, log: Path, callbacks: list[L.Callback]) -> Any:
+    """Run ``train.py`` with ``args`` in this process, its output in ``log``; fail with its error line, if any.
+    Returns what it printed, as YAML (the config, for ``--print_config``)."""
     log.write_text("")
     try:
         with output_to(log):
@@ -441,6 +540,11 @@ def _check_run(args: list[str], default_config: Path | None, log: Path, callback
     except SystemExit as stop:
         if stop.code not in (0, None):
             fail(f"the search space's run fails: {_last_error(log)}")
+    except Exception as error:  # the model's or the data's own error, at the first step
+        fail(f"the search space's run fails: {type(error).__name__}: {' '.join(str(error).split())}")
+    with contextlib.suppress(yaml.YAMLError):
+        return yaml.safe_load(log.read_text())
+    return None
 
 
 def sweep(
@@ -450,10 +554,17 @@ def sweep(
     workers: int = 1,
     trials: int | None = None,
     logs: Path = Path("lightning_logs"),
+    grace_period: float = GRACE_S,
 ) -> Any:
-    """Run (or go on with) the sweep ``space_path`` describes; print each trial and the best. Returns the study."""
-    import optuna
+    """Run (or go on with) the sweep ``space_path`` describes; print each trial and the best. Returns the study.
 
+    Bad input (the space, ``storage``, ``workers``, ``trials``) ends with one line and exit status 2, before a
+    study or a run is created.
+    """
+    try:
+        import optuna
+    except ImportError:
+        fail('sweeps need Optuna, which is not installed: pip install -e ".[sweep]"')
     try:
         space = SearchSpace.load(space_path)
         if trials is not None:
@@ -462,48 +573,81 @@ def sweep(
             space = SearchSpace(**{**space.__dict__, "trials": trials})
         if workers < 1:
             raise ValueError(f"Expected `--workers` to be a positive integer, got {workers}")
+        if not grace_period >= 2 * HEARTBEAT_S:
+            raise ValueError(f"Expected `--grace_period` to be at least {2 * HEARTBEAT_S} s, got {grace_period}")
     except ValueError as error:
         fail(str(error))
     check(space, default_config)
     url = storage_url(space, storage, logs)
     try:
-        rdb = open_storage(url)
+        rdb = open_storage(url, grace_period)
     except ValueError as error:
         fail(str(error))
-    study = optuna.create_study(study_name=space.name, storage=rdb, direction=space.direction, load_if_exists=True)
     folder = (logs / "sweeps" / space.name).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    study = _open_study(space, rdb, folder)
+    setup = Setup(space, url, folder, default_config, shared=storage is not None, grace_s=grace_period)
     before = counts(study)
     done = sum(before.get(s, 0) for s in FINISHED)
     print(f"Study {space.name!r} in {_safe(url)}: {done} of {space.trials} trials finished; {workers} worker(s).")
     print(f"Trials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    interrupted = False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)  # the cores this process may use (a SLURM allocation, a cgroup), shared
+    interrupted, stopped = False, None
     try:
         if workers == 1:
-            work(space, url, folder, default_config, 0, threads)
+            work(setup, 0, threads)
         else:
-            _in_processes(space, url, folder, default_config, workers, threads)
+            _in_processes(setup, workers, threads)
     except KeyboardInterrupt:
         interrupted = True
-    _report(space, optuna.load_study(study_name=space.name, storage=open_storage(url)))
+    except TrialFailed as error:
+        stopped = str(error)
+    _report(space, optuna.load_study(study_name=space.name, storage=rdb))
     if interrupted:
         print("Interrupted: the same command goes on with this study.", file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        raise SystemExit(INTERRUPTED)
+    if stopped:
+        print(f"error: stopped: {stopped}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     return study
 
 
-def _in_processes(
-    space: SearchSpace, url: str, folder: Path, default_config: Path | None, workers: int, threads: int
-) -> None:
-    """Run ``workers`` worker processes; SIGINT/SIGTERM here stops each of them cleanly (its trial failed)."""
+def _open_study(space: SearchSpace, storage: Any, folder: Path) -> Any:
+    """The study, created or loaded; refused (one line) where the space file changed since the study began, or
+    where a new study would write its trials' run folders over another one's."""
+    import optuna
+
+    described = {"metric": space.metric, "direction": space.direction, "args": list(space.args),
+                 "params": [p.__dict__ | {"choices": list(p.choices)} for p in space.params]}  # fmt: skip
+    names = optuna.study.get_all_study_names(storage)
+    if space.name not in names and any((folder / "lightning_logs").glob("trial_*")):
+        fail(f"{folder} holds the trials of another study named {space.name!r}: give the space another `name`")
+    study = optuna.create_study(study_name=space.name, storage=storage, direction=space.direction, load_if_exists=True)
+    recorded = study.user_attrs.get("space")
+    if recorded is None:
+        study.set_user_attr("space", described)
+    elif yaml.safe_dump(recorded) != yaml.safe_dump(described):
+        fail(
+            f"the study {space.name!r} was begun with another search space (metric, direction, args or params): "
+            "give this one another `name`, or put the file back as it was"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def _in_processes(setup: Setup, workers: int, threads: int) -> None:
+    """Run ``workers`` worker processes; SIGINT/SIGTERM here stops each of them cleanly (its trial failed).
+
+    On a machine with several GPUs, each worker sees one (``CUDA_VISIBLE_DEVICES``), unless that is already set.
+    """
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no state shared with this one
-    processes = [
-        context.Process(target=_worker_process, args=(space, url, folder, default_config, i, threads))
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
+    gpus = torch.cuda.device_count() if "CUDA_VISIBLE_DEVICES" not in os.environ else 0
+    processes = []
+    for i in range(workers):
+        process = context.Process(target=_worker_process, args=(setup, i, threads, os.getpid()))
+        with environ(**({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1 else {})):
+            process.start()  # the child takes the environment as it is now
+        processes.append(process)
 
     def stop(signum: int, frame: Any) -> None:
         for process in processes:
@@ -523,16 +667,21 @@ def _in_processes(
         signal.signal(signal.SIGTERM, previous)
     if any(p.exitcode == INTERRUPTED for p in processes):
         raise KeyboardInterrupt
+    if any(p.exitcode == STOPPED for p in processes):
+        raise TrialFailed(f"too many trials failed; see their logs in {setup.folder}")
     if crashed := [p.exitcode for p in processes if p.exitcode]:
         raise RuntimeError(f"{len(crashed)} worker(s) stopped with an error (exit status {crashed[0]}): see above")
 
 
-def _worker_process(*args: Any) -> None:
+def _worker_process(setup: Setup, worker: int, threads: int, parent: int) -> None:
     """A worker in its own process: on SIGINT/SIGTERM (its trial already marked failed), exit without a traceback."""
     try:
-        work(*args)
+        work(setup, worker, threads, parent)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
+    except TrialFailed as error:
+        print(f"error: stopped: {error}", file=sys.stderr, flush=True)
+        sys.exit(STOPPED)
 
 
 def _report(space: SearchSpace, study: Any) -> None:
@@ -544,4 +693,4 @@ def _report(space: SearchSpace, study: Any) -> None:
         return
     best = study.best_trial
     print(f"Best: trial {best.number}, {space.metric} {best.value:.6g}, {best.params}")
-    print(f"Run it again: {best.user_attrs.get('command', '')}", flush=True)
+    print(f"Run it again (from the folder the sweep ran in): {best.user_attrs.get('command', '')}", flush=True)

@@ -3,6 +3,7 @@ kill and resume, two workers on one SQLite study and on one PostgreSQL database,
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import optuna
 import pytest
@@ -125,37 +127,61 @@ def sweep_command(space: Path, *args: str) -> list[str]:
     return [sys.executable, str(SWEEP), str(space), *args]
 
 
-def test_a_killed_sweep_resumed_ends_with_the_planned_trials_and_none_run_twice(tmp_path: Path) -> None:
+def wait_until_running(logs: Path, name: str, number: int, process: subprocess.Popen[bytes]) -> None:
+    """Wait until trial ``number`` of the study is running and has reported once: mid-trial."""
+    url = f"sqlite:///{logs / 'sweeps' / name / 'study.db'}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(Exception):  # the study may not exist yet
+            trials = optuna.load_study(study_name=name, storage=url).get_trials()
+            if len(trials) > number and trials[number].state.name == "RUNNING" and trials[number].intermediate_values:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"trial {number} was never seen running (sweep exit status {process.poll()})")
+
+
+def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_and_none_run_twice(
+    tmp_path: Path,
+) -> None:
     from conftest import SINE
 
-    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "600", "--model.parity", "false"])
+    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "1000", "--model.parity", "false"])
     logs = tmp_path / "lightning_logs"
-    sweep_process = subprocess.Popen(
-        sweep_command(space), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    trial_1 = logs / "sweeps" / "sine-lr" / "trial_1.log"
-    deadline = time.monotonic() + 120
-    while not trial_1.is_file() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)  # mid-trial
-    sweep_process.send_signal(signal.SIGKILL)
-    sweep_process.wait()
-    before = study_trials(logs, "sine-lr")
-    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]  # killed in the second trial
+    command = sweep_command(space, "--grace_period", "5")
 
-    resumed = subprocess.run(sweep_command(space), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+    # Ctrl-C in the middle of trial 1: the run stops cleanly, the trial is marked failed, the sweep exits 130.
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_until_running(logs, "sine-lr", 1, first)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert "Interrupted: the same command goes on with this study." in err.decode()
+    assert [t.state.name for t in study_trials(logs, "sine-lr")] == ["COMPLETE", "FAIL"]
+
+    # SIGKILL in the middle of the next trial: nothing can mark it; it is left running, with no heartbeat.
+    second = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_until_running(logs, "sine-lr", 2, second)
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    before = study_trials(logs, "sine-lr")
+    assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "RUNNING"]
+
+    resumed = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 of 4 trials finished" in resumed.stdout
     after = study_trials(logs, "sine-lr")
     finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 4
-    assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]
+    assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]  # none left running
     assert after[0].value == before[0].value and after[0].datetime_complete == before[0].datetime_complete  # kept
-    assert after[1].state.name == "FAIL"  # the killed trial
+    assert after[2].state.name == "FAIL"  # the killed trial, found by its missing heartbeat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retried = [t for t in finished if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
-    assert len(retried) == 1 and retried[0].params == before[1].params  # its settings, run once more
+        retried = [t for t in finished if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 2]
+    assert len(retried) == 1 and retried[0].params == before[2].params  # its settings, run once more
     assert len({t.params["model.lr"] for t in finished}) == 4  # no settings run twice
     assert len({t.user_attrs["run_folder"] for t in finished}) == 4
 
@@ -163,7 +189,7 @@ def test_a_killed_sweep_resumed_ends_with_the_planned_trials_and_none_run_twice(
 def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
     from conftest import SINE
 
-    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "300", "--model.parity", "false"])
+    space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "1500", "--model.parity", "false"])
     done = subprocess.run(
         sweep_command(space, "--workers", "2"), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
     )
@@ -238,6 +264,9 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str)
         ({"trials": 0}, "Expected `trials` to be a positive integer"),
         ({"search": 1}, "unknown key 'search'"),
         ({"pruner": {"patience": 3}}, "Expected `pruner` to be MedianPruner's settings or null"),
+        ({"params": {"model.lr": {"low": 1e-3, "high": 0.1, "log": True, "step": 0.01}}}, "`params.model.lr`: "),
+        ({"seed": None}, "Expected `seed` to be an integer, got None"),
+        ({"args": ["--trainer.devices", "2"]}, "a sweep runs each trial in one process (trainer.devices 2"),
     ],
 )
 def test_bad_input_is_one_line_and_creates_no_study_or_run(
@@ -315,3 +344,44 @@ def test_a_sweep_asking_for_mlflow_without_it_is_one_line_and_creates_nothing(
     assert err == ['error: the search space\'s run fails: `trainer.logger` asks for MLflow, which is not installed: '
                    'pip install -e ".[mlflow]"']  # fmt: skip
     assert not (in_tests / "lightning_logs").exists()
+
+
+class FailAboveLr(L.Callback):
+    """Fails a run whose lr is above ``lr``, as a model's own bug or an out-of-memory error would."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.hparams["lr"] > self.lr:
+            raise RuntimeError(f"this model cannot train at lr {pl_module.hparams['lr']}")
+
+
+def test_a_run_that_raises_fails_its_trial_with_the_reason_and_the_sweep_goes_on(in_tests: Path) -> None:
+    from conftest import TWOMOONS
+
+    args = [*TWOMOONS.select, *TWOMOONS.quick, "--trainer.callbacks+=test_sweep.FailAboveLr",
+            "--trainer.callbacks.lr", "0.1"]  # fmt: skip
+    space = write_space(in_tests, TWOMOONS, trials=3, args=args, params={"model.lr": {"choices": [0.001, 0.002, 0.5]}})
+    trials = sweep(space, DEFAULT_CONFIG, logs=in_tests / "lightning_logs").get_trials()
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed, "no trial drew lr 0.5"
+    for trial in failed:
+        assert trial.params["model.lr"] == 0.5
+        assert trial.user_attrs["error"] == "RuntimeError: this model cannot train at lr 0.5"
+        log = in_tests / "lightning_logs" / "sweeps" / "twomoons-lr" / f"trial_{trial.number}.log"
+        assert "Traceback" in log.read_text()  # the details, in the trial's own log
+    assert len([t for t in trials if t.state.name == "COMPLETE"]) == 3  # and the sweep went on to its plan
+    assert all(t.params["model.lr"] < 0.1 for t in trials if t.state.name == "COMPLETE")
+
+
+def test_a_study_refuses_a_changed_space(in_tests: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import TWOMOONS
+
+    sweep(write_space(in_tests, TWOMOONS, trials=1), DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        sweep(write_space(in_tests, TWOMOONS, trials=1, direction="maximize"), DEFAULT_CONFIG,
+              logs=in_tests / "lightning_logs")  # fmt: skip
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: the study 'twomoons-lr' was begun with another search space")

@@ -34,14 +34,14 @@ def grid_best_lr(init: list[float], lrs: np.ndarray, steps: int = 2400) -> tuple
 def test_the_lr_sweep_finds_the_grids_best_lr_below_the_stability_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # configs/sweeps/lr.yaml as shipped (SGD, [1e-7, 1e-5] log scale, 2400 steps, sampler seed 0), with 12 trials
-    # and without its pruner: a pruned trial above the limit would end before it could be seen to diverge.
+    # configs/sweeps/lr.yaml as shipped (SGD, [1e-7, 1e-5] log scale, 2400 steps, sampler seed 0, 16 trials), without
+    # its pruner: a trial above the limit pruned by the median rule would end before it could be seen to diverge.
     space = yaml.safe_load((REPO / "configs" / "sweeps" / "lr.yaml").read_text())
     space["pruner"] = None
     path = tmp_path / "lr.yaml"
     path.write_text(yaml.safe_dump(space))
     monkeypatch.chdir(REPO)  # the space's args name configs/sgd.yaml, relative to the project, as train.py's do
-    study = sweep(path, DEFAULT_CONFIG, trials=12, logs=tmp_path / "lightning_logs")
+    study = sweep(path, DEFAULT_CONFIG, logs=tmp_path / "lightning_logs")
 
     trials = study.get_trials()
     first_run = Path(trials[0].user_attrs["run_folder"]) / "hparams.yaml"
