@@ -13,12 +13,12 @@ Lightning template is here, in one place:
 - **Reports by step**: the metric is reported to Optuna after every validation at the run's step
   (optuna-integration's Lightning callback reports by epoch, and a step-counted run is a single epoch).
 - **A diverged run ends pruned, with its reason** (the run's own ``error:`` line), so the sampler learns the
-  region is bad and the sweep goes on.
+  region is bad and the sweep goes on; a run that fails otherwise ends failed, with its reason and traceback.
 - **Exactly the planned number of finished trials** across any number of workers and restarts: a worker starts
   a trial only while fewer are finished or running than planned.
 - **Checked before anything is created**: the space file, every flag and value it names (parsed as ``train.py``
-  would), the metric (a ``fast_dev_run`` of the first settings must log it, writing nothing) and the storage;
-  each problem is one line and exit status 2.
+  would), one process per trial (no DDP inside a worker), the metric (a ``fast_dev_run`` of the first settings
+  must log it, writing nothing) and the storage; each problem is one line and exit status 2.
 """
 
 from __future__ import annotations
