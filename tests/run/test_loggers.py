@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_logs import free_port
 
 from conftest import DEFAULT_CONFIG, PROBLEMS, REPO, TWOMOONS, RunCLI, http_json, run_folder, subprocess_env
 from litpoly.cli import cli_main
 from litpoly.loggers import flat_hparams
+from test_logs import free_port
 
 LOGGERS = REPO / "configs" / "loggers"
 Series = dict[str, list[tuple[int, float]]]

@@ -25,9 +25,11 @@ import pytest
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import DEFAULT_CONFIG, REPO, Problem, subprocess_env
 from litpoly.sweep import sweep
+from test_logs import hparams_plugin
 
 SWEEP = REPO / "scripts" / "sweep.py"
 #: What each problem's sweep searches and watches.
@@ -97,6 +99,11 @@ def test_each_trial_is_an_ordinary_run_and_its_result_is_what_tensorboard_record
         last_step = max(logged)
         assert trial.value == pytest.approx(logged[last_step], rel=1e-6)
         assert trial.intermediate_values == pytest.approx(logged, rel=1e-6)
+        # TensorBoard's HPARAMS tab has the trial, with the lr it ran at (for every trial side by side).
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            hparams_plugin(folder)["_hparams_/session_start_info"]
+        ).session_start_info
+        assert start.hparams["lr"].number_value == pytest.approx(trial.params["model.lr"], rel=1e-12)
         assert trial.user_attrs["command"].startswith("python scripts/train.py fit ")
         assert f"--model.lr {trial.params['model.lr']}" in trial.user_attrs["command"]
 
