@@ -174,14 +174,24 @@ def refusing_unlogged(trainer: L.Trainer, monitor: str | None) -> Iterator[None]
         ) from error
 
 
+def require_logged(trainer: L.Trainer, monitor: str | None) -> None:
+    """At the end of a validation (the sanity check's included), refuse a ``monitor`` the model did not log:
+    before any checkpoint is written (Lightning itself finds out only when it first tries to rank one)."""
+    if monitor is not None and monitor not in trainer.callback_metrics:
+        with refusing_unlogged(trainer, monitor):
+            raise RuntimeError(f"{monitor!r} is not logged")
+
+
 class BestCheckpoint(PeriodicCheckpoint):
-    """The checkpoint of the best model so far (:class:`BestSettings`); an unlogged ``monitor`` is one line."""
+    """The checkpoint of the best model so far (:class:`BestSettings`); an unlogged ``monitor`` is one line, at the
+    first validation."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         with refusing_unlogged(trainer, self.monitor):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        require_logged(trainer, self.monitor)
         with refusing_unlogged(trainer, self.monitor):
             super().on_validation_end(trainer, pl_module)
 

@@ -410,10 +410,13 @@ def counts(study: Any) -> dict[str, int]:
     return result
 
 
-def work(setup: Setup, worker: int, threads: int, parent: int | None = None) -> None:
+def work(
+    setup: Setup, worker: int, threads: int, parent: int | None = None, stopping: Callable[[], bool] = lambda: False
+) -> None:
     """One worker: start trials until the study has its planned number finished (or running elsewhere).
 
     ``parent``: the sweep's process, for a worker in a process of its own: it stops when the sweep is gone.
+    ``stopping``: asked before each trial; true, the worker stops (raising ``KeyboardInterrupt``).
     """
     import optuna
 
@@ -440,6 +443,8 @@ def work(setup: Setup, worker: int, threads: int, parent: int | None = None) -> 
         return run_trial(trial, space, setup.folder, setup.default_config)
 
     while parent is None or os.getppid() == parent:
+        if stopping():
+            raise KeyboardInterrupt
         optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
         trials = study.get_trials(deepcopy=False)
         states = counts(study)
@@ -650,12 +655,15 @@ def _in_processes(setup: Setup, workers: int, threads: int) -> None:
         processes.append(process)
 
     def stop(signum: int, frame: Any) -> None:
+        # SIGINT or SIGTERM sent to this process alone (kill, a scheduler): each worker gets SIGTERM, which stops
+        # its trial as cleanly as Ctrl-C does. (Not SIGINT: after a Ctrl-C at the terminal, which reaches the
+        # workers too, a second SIGINT would stop them at once, without waiting for their step to end.)
         for process in processes:
             if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+                os.kill(process.pid, signal.SIGTERM)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         for process in processes:
             process.join()
@@ -664,7 +672,8 @@ def _in_processes(setup: Setup, workers: int, threads: int) -> None:
             process.join()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if any(p.exitcode == INTERRUPTED for p in processes):
         raise KeyboardInterrupt
     if any(p.exitcode == STOPPED for p in processes):
@@ -675,8 +684,14 @@ def _in_processes(setup: Setup, workers: int, threads: int) -> None:
 
 def _worker_process(setup: Setup, worker: int, threads: int, parent: int) -> None:
     """A worker in its own process: on SIGINT/SIGTERM (its trial already marked failed), exit without a traceback."""
+
+    # SIGTERM from the sweep: during a trial's training RunGuard stops it at a step end (the trial fails, the worker
+    # stops); outside of training it is noted here, and the worker stops before its next trial. Never in between
+    # (a trial just created, not yet running its function), where Optuna would leave the trial running.
+    requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
     try:
-        work(setup, worker, threads, parent)
+        work(setup, worker, threads, parent, stopping=lambda: bool(requested))
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
     except TrialFailed as error:

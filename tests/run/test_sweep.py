@@ -193,17 +193,28 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     assert len({t.user_attrs["run_folder"] for t in finished}) == 4
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_sweep(tmp_path: Path) -> None:
     from conftest import SINE
 
     space = write_space(tmp_path, SINE, trials=4, args=["--trainer.max_steps", "1500", "--model.parity", "false"])
-    done = subprocess.run(
-        sweep_command(space, "--workers", "2"), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+    logs = tmp_path / "lightning_logs"
+    command = sweep_command(space, "--workers", "2")
+    # SIGINT to the sweep's own process only (as `kill -INT` or a scheduler sends it): both workers stop.
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    wait_until_running(logs, "sine-lr", 0, first)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    stopped = study_trials(logs, "sine-lr")
+    assert "RUNNING" not in states(stopped) and "FAIL" in states(stopped)
+
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    trials = study_trials(tmp_path / "lightning_logs", "sine-lr")
+    trials = [t for t in study_trials(logs, "sine-lr") if t.state.name != "FAIL"]
     assert states(trials) == ["COMPLETE"] * 4
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # both workers (of one run or the other) ran trials
     assert len({t.params["model.lr"] for t in trials}) == 4
 
 
