@@ -25,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml
 
 def main(
     space: Path, storage: str | None = None, workers: int = 1, trials: int | None = None,
-    logs: Path = Path("lightning_logs"), grace_period: float = 60.0,
+    logs: Path = Path("lightning_logs"), grace_period: float = 60.0, name: str | None = None,
 ) -> None:  # fmt: skip
     """Run or resume the sweep a search-space file describes.
 
@@ -36,8 +36,9 @@ def main(
         trials: Finished trials the study is to have (default: the space file's `trials`).
         logs: The folder the sweep's folder goes in (lightning_logs/sweeps/<name>/).
         grace_period: Seconds without a heartbeat (one every 2 s) after which a running trial counts as dead.
+        name: The study's name (default: the space file's `name`), e.g. to run the same space as a new study.
     """
-    sweep(space, DEFAULT_CONFIG, storage=storage, workers=workers, trials=trials, logs=logs, grace_period=grace_period)
+    sweep(space, DEFAULT_CONFIG, storage, workers, trials, logs, grace_period, name)
 
 
 if __name__ == "__main__":

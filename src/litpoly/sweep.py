@@ -560,11 +560,12 @@ def sweep(
     trials: int | None = None,
     logs: Path = Path("lightning_logs"),
     grace_period: float = GRACE_S,
+    name: str | None = None,
 ) -> Any:
     """Run (or go on with) the sweep ``space_path`` describes; print each trial and the best. Returns the study.
 
-    Bad input (the space, ``storage``, ``workers``, ``trials``) ends with one line and exit status 2, before a
-    study or a run is created.
+    ``trials`` and ``name`` replace the space file's. Bad input (the space, ``storage``, ``workers``, ``trials``)
+    ends with one line and exit status 2, before a study or a run is created.
     """
     try:
         import optuna
@@ -576,6 +577,10 @@ def sweep(
             if trials < 1:
                 raise ValueError(f"Expected `--trials` to be a positive integer, got {trials}")
             space = SearchSpace(**{**space.__dict__, "trials": trials})
+        if name is not None:
+            if not name.strip():
+                raise ValueError("Expected `--name` to be a study name, got an empty one")
+            space = SearchSpace(**{**space.__dict__, "name": name})
         if workers < 1:
             raise ValueError(f"Expected `--workers` to be a positive integer, got {workers}")
         if not grace_period >= 2 * HEARTBEAT_S:

@@ -403,3 +403,11 @@ def test_a_study_refuses_a_changed_space(in_tests: Path, capsys: pytest.CaptureF
               logs=in_tests / "lightning_logs")  # fmt: skip
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("error: the study 'twomoons-lr' was begun with another search space")
+    # As a study of its own, it runs, beside the first.
+    changed = write_space(in_tests, TWOMOONS, trials=1, direction="maximize")
+    study = sweep(changed, DEFAULT_CONFIG, logs=in_tests / "lightning_logs", name="twomoons-lr-2")
+    assert study.direction.name == "MAXIMIZE" and len(study.get_trials()) == 1
+    assert sorted(p.name for p in (in_tests / "lightning_logs" / "sweeps").iterdir()) == [
+        "twomoons-lr",
+        "twomoons-lr-2",
+    ]
