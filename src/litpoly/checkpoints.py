@@ -168,18 +168,19 @@ def refusing_unlogged(trainer: L.Trainer, monitor: str | None) -> Iterator[None]
     except (MisconfigurationException, RuntimeError) as error:
         if monitor is None or monitor in trainer.callback_metrics:
             raise
-        logged = ", ".join(sorted(trainer.callback_metrics)) or "none yet"
-        raise SettingError(
-            f"Expected `best.monitor` to name a metric the model logs ({logged}), got {monitor!r}"
-        ) from error
+        raise _unlogged(trainer, monitor) from error
+
+
+def _unlogged(trainer: L.Trainer, monitor: str) -> SettingError:
+    logged = ", ".join(sorted(trainer.callback_metrics)) or "none yet"
+    return SettingError(f"Expected `best.monitor` to name a metric the model logs ({logged}), got {monitor!r}")
 
 
 def require_logged(trainer: L.Trainer, monitor: str | None) -> None:
     """At the end of a validation (the sanity check's included), refuse a ``monitor`` the model did not log:
     before any checkpoint is written (Lightning itself finds out only when it first tries to rank one)."""
     if monitor is not None and monitor not in trainer.callback_metrics:
-        with refusing_unlogged(trainer, monitor):
-            raise RuntimeError(f"{monitor!r} is not logged")
+        raise _unlogged(trainer, monitor)
 
 
 class BestCheckpoint(PeriodicCheckpoint):

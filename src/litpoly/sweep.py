@@ -36,6 +36,7 @@ import time
 import traceback
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,12 +403,9 @@ def _safe(url: str) -> str:
     return url if not sep else head.split("://")[0] + "://…@" + tail
 
 
-def counts(study: Any) -> dict[str, int]:
-    """Trials of the study by state name."""
-    result: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        result[trial.state.name] = result.get(trial.state.name, 0) + 1
-    return result
+def counts(trials: list[Any]) -> Counter[str]:
+    """Trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    return Counter(trial.state.name for trial in trials)
 
 
 def work(
@@ -423,7 +421,7 @@ def work(
     space = setup.space
     torch.set_num_threads(threads)
     storage = open_storage(setup.url, setup.grace_s)
-    started = sum(counts(optuna.load_study(study_name=space.name, storage=storage)).values())
+    started = len(optuna.load_study(study_name=space.name, storage=storage).get_trials(deepcopy=False))
     # The space's seed for the first worker of a new sweep; a stream of settings of its own for every other worker
     # and restart (a resumed sweep does not draw its first settings again), and for every machine and process when
     # the study is shared (workers started at the same moment elsewhere).
@@ -447,13 +445,13 @@ def work(
             raise KeyboardInterrupt
         optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
         trials = study.get_trials(deepcopy=False)
-        states = counts(study)
-        if sum(states.get(s, 0) for s in FINISHED) >= space.trials:
+        states = counts(trials)
+        if sum(states[s] for s in FINISHED) >= space.trials:
             break
         # Runs that failed on their own (not interrupted, not killed): a space where every run fails stops here.
         if (errors := sum("error" in t.user_attrs for t in trials)) >= max(3, space.trials):
             raise TrialFailed(f"{errors} trials failed; see their logs in {setup.folder}")
-        if sum(states.get(s, 0) for s in (*FINISHED, "RUNNING")) >= space.trials and not states.get("WAITING"):
+        if sum(states[s] for s in (*FINISHED, "RUNNING")) >= space.trials and not states["WAITING"]:
             time.sleep(HEARTBEAT_S)  # the rest are running (here or elsewhere): wait for them to finish or die
             continue
         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say_trial(space)])
@@ -596,8 +594,8 @@ def sweep(
     folder = (logs / "sweeps" / space.name).resolve()
     study = _open_study(space, rdb, folder)
     setup = Setup(space, url, folder, default_config, shared=storage is not None, grace_s=grace_period)
-    before = counts(study)
-    done = sum(before.get(s, 0) for s in FINISHED)
+    before = counts(study.get_trials(deepcopy=False))
+    done = sum(before[s] for s in FINISHED)
     print(f"Study {space.name!r} in {_safe(url)}: {done} of {space.trials} trials finished; {workers} worker(s).")
     print(f"Trials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})", flush=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -705,10 +703,9 @@ def _worker_process(setup: Setup, worker: int, threads: int, parent: int) -> Non
 
 
 def _report(space: SearchSpace, study: Any) -> None:
-    states = counts(study)
+    states = counts(study.get_trials(deepcopy=False))
     print(f"Trials: {', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items()))}.")
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
+    if not states["COMPLETE"]:
         print("No trial completed yet.")
         return
     best = study.best_trial

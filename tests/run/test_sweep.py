@@ -147,6 +147,19 @@ def wait_until_running(logs: Path, name: str, number: int, process: subprocess.P
     pytest.fail(f"trial {number} was never seen running (sweep exit status {process.poll()})")
 
 
+def interrupt_mid_trial(command: list[str], cwd: Path, trial: int) -> str:
+    """Start the sweep ``command``, send SIGINT to its own process once ``trial`` is running, and return what it
+    printed on stderr, after checking it stopped with exit status 130."""
+    sweep_process = subprocess.Popen(
+        command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_until_running(cwd / "lightning_logs", "sine-lr", trial, sweep_process)
+    sweep_process.send_signal(signal.SIGINT)
+    _, err = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 130, err
+    return err.decode()
+
+
 def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_and_none_run_twice(
     tmp_path: Path,
 ) -> None:
@@ -157,14 +170,8 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     command = sweep_command(space, "--grace_period", "5")
 
     # Ctrl-C in the middle of trial 1: the run stops cleanly, the trial is marked failed, the sweep exits 130.
-    first = subprocess.Popen(
-        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    wait_until_running(logs, "sine-lr", 1, first)
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 130, err
-    assert "Interrupted: the same command goes on with this study." in err.decode()
+    err = interrupt_mid_trial(command, tmp_path, trial=1)
+    assert "Interrupted: the same command goes on with this study." in err
     assert [t.state.name for t in study_trials(logs, "sine-lr")] == ["COMPLETE", "FAIL"]
 
     # SIGKILL in the middle of the next trial: nothing can mark it; it is left running, with no heartbeat.
@@ -200,13 +207,7 @@ def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_s
     logs = tmp_path / "lightning_logs"
     command = sweep_command(space, "--workers", "2")
     # SIGINT to the sweep's own process only (as `kill -INT` or a scheduler sends it): both workers stop.
-    first = subprocess.Popen(
-        command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    wait_until_running(logs, "sine-lr", 0, first)
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 130, err
+    interrupt_mid_trial(command, tmp_path, trial=0)
     stopped = study_trials(logs, "sine-lr")
     assert "RUNNING" not in states(stopped) and "FAIL" in states(stopped)
 
