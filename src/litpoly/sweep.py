@@ -15,7 +15,8 @@ Lightning template is here, in one place:
 - **A diverged run ends pruned, with its reason** (the run's own ``error:`` line), so the sampler learns the
   region is bad and the sweep goes on; a run that fails otherwise ends failed, with its reason and traceback.
 - **Exactly the planned number of finished trials** across any number of workers and restarts: a worker starts
-  a trial only while fewer are finished or running than planned.
+  a trial only while fewer are finished or running than planned (one created beyond the plan, by two workers at
+  the same moment, is given up before it runs).
 - **Checked before anything is created**: the space file, every flag and value it names (parsed as ``train.py``
   would), one process per trial (no DDP inside a worker), the metric (a ``fast_dev_run`` of the first settings
   must log it, writing nothing) and the storage; each problem is one line and exit status 2.
@@ -55,6 +56,8 @@ HEARTBEAT_S = 2
 GRACE_S = 60
 
 FINISHED = ("COMPLETE", "PRUNED")
+#: The user attribute of a trial given up before it ran, beyond the planned number (see ``work``).
+BEYOND_PLAN = "beyond_plan"
 #: A worker process's exit status when SIGINT or SIGTERM stopped it (as a shell reports Ctrl-C), and when it
 #: stopped because too many of its trials failed.
 INTERRUPTED = 130
@@ -435,8 +438,11 @@ def work(
     def objective(trial: Any) -> float:
         # Optuna numbers trials in the order they start: a trial beyond the plan (two workers started at once)
         # is given up before it runs, so the study ends with exactly the planned number.
+        # Optuna has no "create a trial unless there are n": the count and the creation are two steps, and a
+        # surplus trial (two workers counting at the same moment) is recorded as failed, marked as never run.
         ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state.name != "FAIL"]
         if len(ahead) >= space.trials:
+            trial.set_user_attr(BEYOND_PLAN, True)
             raise TrialFailed("not run: the study already had its planned number of trials")
         return run_trial(trial, space, setup.folder, setup.default_config)
 
@@ -703,8 +709,10 @@ def _worker_process(setup: Setup, worker: int, threads: int, parent: int) -> Non
 
 
 def _report(space: SearchSpace, study: Any) -> None:
-    states = counts(study.get_trials(deepcopy=False))
-    print(f"Trials: {', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items()))}.")
+    trials = study.get_trials(deepcopy=False)
+    states = counts([t for t in trials if BEYOND_PLAN not in t.user_attrs])
+    beyond = [f"{n} not run (beyond the plan)" for n in [len(trials) - states.total()] if n]
+    print(f"Trials: {', '.join([*(f'{n} {s.lower()}' for s, n in sorted(states.items())), *beyond])}.")
     if not states["COMPLETE"]:
         print("No trial completed yet.")
         return

@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import DEFAULT_CONFIG, REPO, Problem, subprocess_env
-from litpoly.sweep import sweep
+from litpoly.sweep import BEYOND_PLAN, sweep
 from test_logs import hparams_plugin
 
 SWEEP = REPO / "scripts" / "sweep.py"
@@ -61,6 +61,14 @@ def study_trials(logs: Path, name: str, storage: str | None = None) -> Trials:
 
 def states(trials: Trials) -> list[str]:
     return sorted(t.state.name for t in trials)
+
+
+def planned(trials: Trials) -> Trials:
+    """The trials that ran, less any given up unrun because two workers began the last one at the same moment
+    (checked to be that: failed, with no settings drawn)."""
+    beyond = [t for t in trials if BEYOND_PLAN in t.user_attrs]
+    assert all(t.state.name == "FAIL" and not t.params for t in beyond)
+    return [t for t in trials if t not in beyond]
 
 
 def run_folder(trial: optuna.trial.FrozenTrial) -> Path:
@@ -266,7 +274,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str)
     )
     assert done.returncode == 0, done.stderr
     assert "postgresql://…@127.0.0.1" in done.stdout  # the URL shown without its credentials
-    trials = study_trials(tmp_path, "twomoons-lr", storage=postgresql)
+    trials = planned(study_trials(tmp_path, "twomoons-lr", storage=postgresql))
     assert states(trials) == ["COMPLETE"] * 4, done.stdout
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     assert not (tmp_path / "lightning_logs" / "sweeps" / "twomoons-lr" / "study.db").exists()  # all in PostgreSQL
@@ -392,6 +400,30 @@ def test_a_run_that_raises_fails_its_trial_with_the_reason_and_the_sweep_goes_on
         assert "Traceback" in log.read_text()  # the details, in the trial's own log
     assert len([t for t in trials if t.state.name == "COMPLETE"]) == 3  # and the sweep went on to its plan
     assert all(t.params["model.lr"] < 0.1 for t in trials if t.state.name == "COMPLETE")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the other worker's ask()
+def test_a_trial_begun_beyond_the_plan_is_given_up_unrun(
+    in_tests: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import TWOMOONS
+
+    # The race two workers can run into: another worker begins (and here finishes) the last planned trial just
+    # after this one counted the study's trials, and just before this one begins its own.
+    optimize = optuna.study.Study.optimize
+
+    def another_worker_first(study: optuna.study.Study, *args: Any, **kwargs: Any) -> None:
+        if not study.get_trials():
+            study.tell(study.ask(), 0.5)
+        optimize(study, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.study.Study, "optimize", another_worker_first)
+    logs = in_tests / "lightning_logs"
+    trials = sweep(write_space(in_tests, TWOMOONS, trials=1), DEFAULT_CONFIG, logs=logs).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert trials[1].user_attrs == {BEYOND_PLAN: True} and not trials[1].params  # given up before it drew settings
+    assert not list((logs / "sweeps" / "twomoons-lr").rglob("trial_1*"))  # and before it wrote anything
+    assert "Trials: 1 complete, 1 not run (beyond the plan)." in capsys.readouterr().out
 
 
 def test_a_study_refuses_a_changed_space(in_tests: Path, capsys: pytest.CaptureFixture[str]) -> None:
