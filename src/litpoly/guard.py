@@ -116,10 +116,14 @@ class RunGuard(L.Callback):
             self._unchanged_since = None  # said once
 
     def _divergence(self, trainer: L.Trainer, loss: torch.Tensor) -> str | None:
-        """What is wrong with this step, if anything, read in one device sync: the loss and the sum of each
-        parameter tensor (a NaN or an infinity anywhere in a tensor makes its sum non-finite)."""
-        sums = [p.detach().sum().float() for p in self._parameters]
-        loss_value, *parameter_sums = torch.stack([loss.detach().float().sum(), *sums]).tolist()
+        """What is wrong with this step, if anything, from the loss and the sum of each parameter tensor (a NaN or
+        an infinity anywhere in a tensor makes its sum non-finite). On an accelerator they are read in one device
+        sync; on the CPU, where there is nothing to wait for, one by one (cheaper than stacking them first)."""
+        if loss.device.type == "cpu":
+            loss_value, parameter_sums = loss.item(), [p.detach().sum().item() for p in self._parameters]
+        else:
+            sums = [p.detach().sum().float() for p in self._parameters]
+            loss_value, *parameter_sums = torch.stack([loss.detach().float().sum(), *sums]).tolist()
         self._watch_for_a_stall(trainer, parameter_sums)
         if not math.isfinite(loss_value):
             return f"the loss is {loss_value}"

@@ -6,7 +6,9 @@ nothing logged is lost, the bar ends on the last step, profiling still works whe
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import lightning as L
@@ -115,6 +117,27 @@ def test_periodic_checkpoint_key_is_modelcheckpoints(tmp_path: Path) -> None:
 )
 def test_periodic_checkpoint_saves_where_lightning_would(settings: dict[str, object], on_epoch_end: object) -> None:
     assert PeriodicCheckpoint(**settings)._save_on_train_epoch_end is on_epoch_end  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"every_n_train_steps": 3, "save_on_train_epoch_end": True},
+        {"train_time_interval": timedelta(0), "save_on_train_epoch_end": True},  # a save at every step
+        {"every_n_train_steps": 4, "monitor": "val/loss"},  # deferred to the validation after the step
+    ],
+)
+def test_periodic_checkpoint_saves_on_the_steps_lightnings_does(tmp_path: Path, settings: dict[str, Any]) -> None:
+    saved = {}
+    for callback in (PeriodicCheckpoint, ModelCheckpoint):
+        folder = tmp_path / callback.__name__
+        checkpoint = callback(dirpath=folder, filename="{step}", save_top_k=-1, save_last=True, **settings)
+        trainer = L.Trainer(max_steps=13, val_check_interval=5, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[checkpoint])  # fmt: skip
+        trainer.fit(TwoMoonsClassifier(), TwoMoonsDataModule())
+        saved[callback] = sorted(p.name for p in folder.iterdir())
+    assert saved[PeriodicCheckpoint] == saved[ModelCheckpoint]
+    assert len(saved[ModelCheckpoint]) > 2
 
 
 def test_null_profiler_is_a_transparent_context() -> None:
