@@ -57,6 +57,7 @@ class RunGuard(L.Callback):
         self._parameters: list[torch.Tensor] = []
         self._last_sums: list[float] = []  # each weight tensor's sum after the last step
         self._unchanged_since: int | None = None  # the step since which no weight has changed
+        self._stall_said = False  # the stall warning is said once a run
         self._previous_handlers: dict[int, Any] = {}
 
     @staticmethod
@@ -78,7 +79,7 @@ class RunGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_signal_handlers()
         self._parameters = [p for p in pl_module.parameters() if p.is_floating_point()]
-        self._last_sums, self._unchanged_since = [], None
+        self._last_sums, self._unchanged_since, self._stall_said = [], None, False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -101,8 +102,12 @@ class RunGuard(L.Callback):
             self._stop_interrupted(trainer)
 
     def _watch_for_a_stall(self, trainer: L.Trainer, sums: list[float]) -> None:
-        """A run whose weights stop changing trains nothing more, and should say so: once, when no weight tensor's
-        sum has changed for ``STALL_STEPS`` steps (the sums are read for the divergence check anyway)."""
+        """A run whose weights stop changing trains nothing, and should say so: once a run, the first time no weight
+        tensor's sum has changed for ``STALL_STEPS`` steps (the sums are read for the divergence check anyway).
+        (Near the optimum, float32 SGD stalls, moves a weight by one rounding step now and then, and stalls again:
+        one warning says it.)"""
+        if self._stall_said:
+            return
         if sums != self._last_sums:
             self._last_sums, self._unchanged_since = sums, trainer.global_step
         elif self._unchanged_since is not None and trainer.global_step - self._unchanged_since >= STALL_STEPS:
@@ -110,10 +115,10 @@ class RunGuard(L.Callback):
             say(
                 f"Warning: the weights have not changed since step {self._unchanged_since} ({STALL_STEPS} steps): "
                 f"the updates are too small to change weights held in {dtypes}, or no gradient reaches them "
-                f"({self._optimizers(trainer)}). The rest of this run trains nothing.",
+                f"({self._optimizers(trainer)}). From here on this run trains little or nothing.",
                 stderr=True,
             )
-            self._unchanged_since = None  # said once
+            self._stall_said = True
 
     def _divergence(self, trainer: L.Trainer, loss: torch.Tensor) -> str | None:
         """What is wrong with this step, if anything, from the loss and the sum of each parameter tensor (a NaN or

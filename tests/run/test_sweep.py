@@ -86,6 +86,7 @@ def in_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in ``tmp_path`` with the second problem importable, as scripts/train.py's tests do."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO / "tests"))
+    monkeypatch.setattr("sys.argv", ["sweep.py"])  # LightningCLI warns when pytest's own argv is there too
     return tmp_path
 
 
@@ -400,6 +401,16 @@ def test_a_run_that_raises_fails_its_trial_with_the_reason_and_the_sweep_goes_on
         assert "Traceback" in log.read_text()  # the details, in the trial's own log
     assert len([t for t in trials if t.state.name == "COMPLETE"]) == 3  # and the sweep went on to its plan
     assert all(t.params["model.lr"] < 0.1 for t in trials if t.state.name == "COMPLETE")
+
+
+def test_a_worker_takes_the_threads_omp_num_threads_sets(in_tests: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import TWOMOONS
+
+    threads: list[int] = []
+    monkeypatch.setattr("litpoly.sweep.work", lambda setup, worker, n, *args, **kwargs: threads.append(n))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # more than this machine's cores: the setting stands, as for torch
+    sweep(write_space(in_tests, TWOMOONS, trials=1), DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    assert threads == [3]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the other worker's ask()

@@ -116,5 +116,9 @@ def test_a_correct_run_of_any_length_matches_and_a_1_percent_lr_error_does_not(
 @pytest.mark.slow
 def test_a_plain_10000_step_fit_prints_match(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
     run_cli("fit", "--trainer.max_steps", "10000", "--model.figure", "false", "--trainer.enable_checkpointing", "false")
-    verdict = re.search(r"^Verdict: (.*)$", capsys.readouterr().out, re.M)
+    out, err = capsys.readouterr()
+    verdict = re.search(r"^Verdict: (.*)$", out, re.M)
     assert verdict is not None and verdict.group(1).startswith("MATCH"), verdict and verdict.group(1)
+    # Float32 SGD stalls near the optimum (its updates round away), moves now and then, and stalls again: the
+    # guard says so once, where the weights first stood still for 50 steps.
+    assert err.count("Warning: the weights have not changed since step") == 1, err

@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,11 @@ def test_the_verdict_and_table_are_printed_and_logged(
     assert "Verdict: MATCH" in events.Tensors("parity/text_summary")[-1].tensor_proto.string_val[0].decode()
 
 
+class StopAfterOneStep(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        trainer.should_stop = True
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
@@ -118,7 +125,9 @@ def test_the_verdict_and_table_are_printed_and_logged(
 )
 def test_skipped_runs_say_so(run_cli: RunCLI, capsys: pytest.CaptureFixture[str], args: list[str], reason: str) -> None:
     steps = "2000" if "50001" in args else "20"
-    cli = run_cli("fit", "--trainer.max_steps", steps, "--model.figure", "false", *args)
+    # The check decides when training starts (by the planned steps): one step shows it.
+    stop = "--trainer.callbacks+=test_sine_parity.StopAfterOneStep"
+    cli = run_cli("fit", "--trainer.max_steps", steps, "--model.figure", "false", stop, *args)
     assert parity_of(cli).report is None
     out = capsys.readouterr().out
     assert "Parity check skipped:" in out and reason in out
