@@ -123,6 +123,12 @@ TWOMOONS = Problem(
 PROBLEMS = [SINE, TWOMOONS]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (each keeps its place among them): with a worker per core (pytest-xdist), the many
+    short tests then fill in at the end, rather than one long test running on alone while the other cores idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(params=PROBLEMS, ids=str)
 def problem(request: pytest.FixtureRequest) -> Problem:
     """Each of the two problems in turn."""

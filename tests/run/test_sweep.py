@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,32 +143,39 @@ def sweep_command(space: Path, *args: str) -> list[str]:
     return [sys.executable, str(SWEEP), str(space), *args]
 
 
-def wait_until_running(logs: Path, name: str, number: int, process: subprocess.Popen[bytes]) -> None:
-    """Wait until trial ``number`` of the study is running and has reported once: mid-trial."""
+def mid_trial(number: int) -> Callable[[Trials], bool]:
+    """Whether trial ``number`` is running and has reported once: mid-trial."""
+    return lambda trials: (
+        len(trials) > number and trials[number].state.name == "RUNNING" and bool(trials[number].intermediate_values)
+    )
+
+
+def wait_until(logs: Path, name: str, process: subprocess.Popen[bytes], ready: Callable[[Trials], bool]) -> None:
+    """Wait until the study's trials are ``ready`` (while the sweep runs)."""
     url = f"sqlite:///{logs / 'sweeps' / name / 'study.db'}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         with contextlib.suppress(Exception):  # the study may not exist yet
-            trials = optuna.load_study(study_name=name, storage=url).get_trials()
-            if len(trials) > number and trials[number].state.name == "RUNNING" and trials[number].intermediate_values:
+            if ready(optuna.load_study(study_name=name, storage=url).get_trials()):
                 return
         time.sleep(0.2)
-    pytest.fail(f"trial {number} was never seen running (sweep exit status {process.poll()})")
+    pytest.fail(f"the study never got there (sweep exit status {process.poll()})")
 
 
-def interrupt_mid_trial(command: list[str], cwd: Path, trial: int) -> str:
-    """Start the sweep ``command``, send SIGINT to its own process once ``trial`` is running, and return what it
-    printed on stderr, after checking it stopped with exit status 130."""
+def interrupt_mid_trial(command: list[str], cwd: Path, ready: Callable[[Trials], bool]) -> str:
+    """Start the sweep ``command``, send SIGINT to its own process once its trials are ``ready`` (mid-trial), and
+    return what it printed on stderr, after checking it stopped with exit status 130."""
     sweep_process = subprocess.Popen(
         command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    wait_until_running(cwd / "lightning_logs", "sine-lr", trial, sweep_process)
+    wait_until(cwd / "lightning_logs", "sine-lr", sweep_process, ready)
     sweep_process.send_signal(signal.SIGINT)
     _, err = sweep_process.communicate(timeout=120)
     assert sweep_process.returncode == 130, err
     return err.decode()
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_and_none_run_twice(
     tmp_path: Path,
 ) -> None:
@@ -179,14 +186,14 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     command = sweep_command(space, "--grace_period", "5")
 
     # Ctrl-C in the middle of trial 1: the run stops cleanly, the trial is marked failed, the sweep exits 130.
-    err = interrupt_mid_trial(command, tmp_path, trial=1)
+    err = interrupt_mid_trial(command, tmp_path, mid_trial(1))
     assert "Interrupted: the same command goes on with this study." in err
     assert [t.state.name for t in study_trials(logs, "sine-lr")] == ["COMPLETE", "FAIL"]
 
     # SIGKILL in the middle of the next trial: nothing can mark it; it is left running, with no heartbeat.
     second = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_until_running(logs, "sine-lr", 2, second)
+    wait_until(logs, "sine-lr", second, mid_trial(2))
     second.send_signal(signal.SIGKILL)
     second.wait()
     before = study_trials(logs, "sine-lr")
@@ -209,23 +216,27 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     assert len({t.user_attrs["run_folder"] for t in finished}) == 4
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_sweep(tmp_path: Path) -> None:
     from conftest import SINE
 
-    space = write_space(tmp_path, SINE, trials=3, args=["--trainer.max_steps", "1000", "--model.parity", "false"])
+    space = write_space(tmp_path, SINE, trials=6, args=["--trainer.max_steps", "600", "--model.parity", "false"])
     logs = tmp_path / "lightning_logs"
-    command = sweep_command(space, "--workers", "2")
-    # SIGINT to the sweep's own process only (as `kill -INT` or a scheduler sends it): both workers stop.
-    interrupt_mid_trial(command, tmp_path, trial=0)
-    stopped = study_trials(logs, "sine-lr")
-    assert "RUNNING" not in states(stopped) and "FAIL" in states(stopped)
 
-    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    trials = [t for t in study_trials(logs, "sine-lr") if t.state.name != "FAIL"]
-    assert states(trials) == ["COMPLETE"] * 3
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # both workers (of one run or the other) ran trials
-    assert len({t.params["model.lr"] for t in trials}) == 3
+    def both_finished_one_and_one_more_runs(trials: Trials) -> bool:
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        return len({t.user_attrs["worker"] for t in complete}) == 2 and any(mid_trial(t.number)(trials) for t in trials)
+
+    # SIGINT to the sweep's own process only (as `kill -INT` or a scheduler sends it), once each worker has finished
+    # a trial and one is mid-trial: both workers stop. (The same command then goes on, as with one worker.)
+    err = interrupt_mid_trial(sweep_command(space, "--workers", "2"), tmp_path, both_finished_one_and_one_more_runs)
+    assert "Interrupted: the same command goes on with this study." in err
+    trials = study_trials(logs, "sine-lr")
+    assert "RUNNING" not in states(trials) and "FAIL" in states(trials)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len({t.params["model.lr"] for t in complete}) == len(complete)  # each worker its own settings
+    for trial in complete:  # each a whole run, with its validations on record
+        assert max(tensorboard_values(run_folder(trial), "val/sse")) == 599
 
 
 @pytest.fixture

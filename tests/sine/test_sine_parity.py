@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +138,19 @@ def test_switched_off(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> No
     assert "Parity" not in capsys.readouterr().out
 
 
-def test_compare_script_reproduces_the_seed(tmp_path: Path) -> None:
+def test_compare_script_reproduces_the_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "compare.png"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare.py"), "--steps", "300", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"Figure saved to {out}" in result.stdout
-    table = [line.split() for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s", line)]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["compare.py", "--steps", "300", "--out", str(out)])
+    runpy.run_path(str(REPO / "scripts" / "compare.py"), run_name="__main__")  # as `python scripts/compare.py …`
+    stdout = capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"Figure saved to {out}" in stdout
+    table = [line.split() for line in stdout.splitlines() if re.match(r"^\s+\d+\s", line)]
     assert [row[0] for row in table] == ["99", "199", "299"]
     losses = np.array([[float(v) for v in row[1:]] for row in table])
     # numpy SGD, torch autograd SGD and Lightning SGD agree; so do torch nn RMSprop and Lightning RMSprop.
     np.testing.assert_allclose(losses[:, 1:3], losses[:, [0, 0]], rtol=1e-5)
     np.testing.assert_allclose(losses[:, 4], losses[:, 3], rtol=1e-5)
-    assert len(re.findall(r"^.+:\s+Result: y = ", result.stdout, re.M)) == 6  # five runs and the closed form
+    assert len(re.findall(r"^.+:\s+Result: y = ", stdout, re.M)) == 6  # five runs and the closed form

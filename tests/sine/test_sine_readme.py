@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, RunCLI, run_folder, run_train
+from conftest import REPO, RunCLI, run_folder
 
 README = (REPO / "README.md").read_text()
 
@@ -57,9 +57,12 @@ def test_every_tag_and_file_the_readme_names_exists_after_a_run(run_cli: RunCLI,
     assert {"predictions.csv", "predictions.png", "hparams.yaml"} <= predicted
 
 
-def test_help_sentences_are_whole(tmp_path: Path) -> None:
-    result = run_train(tmp_path, "--help")
-    subcommands = result.stdout[result.stdout.index("Available subcommands") :]
+def test_help_sentences_are_whole(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_cli("--help")
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    subcommands = out[out.index("Available subcommands") :]
     entries = re.findall(r"^    (fit|validate|test|predict)\s+(.*?)(?=^    \w|\Z)", subcommands, re.M | re.S)
     assert [name for name, _ in entries] == ["fit", "validate", "test", "predict"]
     for name, text in entries:
