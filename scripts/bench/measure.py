@@ -26,7 +26,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "TensorBoard (logger, scalars, figure)": ("--trainer.logger", "false"),
     "  of which the fit figure": ("--model.figure", "false"),
     "validation every 100 steps (metrics, figure)": ("--trainer.val_check_interval", str(10**9)),
-    "checkpoints (every 500 steps, last)": ("--trainer.enable_checkpointing", "false"),
+    "checkpoints (every 500 steps, last, best)": ("--trainer.enable_checkpointing", "false"),
     "progress bar": ("--trainer.enable_progress_bar", "false"),
     "console lines (every 100 steps)": ("--console.every_n_steps", str(10**9)),
     "divergence check (every step)": ("--guard.check_finite", "false"),
