@@ -26,8 +26,8 @@ from litpoly.cli import LitCLI, cli_main
 # One thread per process, in the tests and in every process they start: pytest-xdist already runs a worker per
 # core, and torch's own threads on top would oversubscribe the cores (waiting OpenMP threads spin), which costs
 # the suite a fifth of its time. A thread count set by the caller stands.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+if os.environ.setdefault("OMP_NUM_THREADS", "1").isdigit():
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"

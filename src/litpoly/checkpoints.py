@@ -150,15 +150,14 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if save_on_train_epoch_end is None and monitor is None and by_steps_or_time and not by_epochs:
             save_on_train_epoch_end = True
         super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
-        self._steps_between_saves = kwargs.get("every_n_train_steps") or 0
-        self._saves_on_time = kwargs.get("train_time_interval") is not None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Lightning's own hook saves here only on these steps, or once the time interval has passed.
-        every = self._steps_between_saves
-        if not self._saves_on_time and (every < 1 or trainer.global_step % every):
+        # Lightning's own hook saves here only on these steps, or once the time interval has passed (its own
+        # settings, read, not copied: they stay whatever ModelCheckpoint makes of them).
+        every = self._every_n_train_steps
+        if self._train_time_interval is None and (every < 1 or trainer.global_step % every):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

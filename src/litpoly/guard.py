@@ -55,6 +55,7 @@ class RunGuard(L.Callback):
         self.divergence_threshold = divergence_threshold
         self._signal: int | None = None
         self._parameters: list[torch.Tensor] = []
+        self._sum_dtypes: list[torch.dtype] = []  # the dtype each parameter's sum is taken in
         self._last_sums: list[float] = []  # each weight tensor's sum after the last step
         self._unchanged_since: int | None = None  # the step since which no weight has changed
         self._stall_said = False  # the stall warning is said once a run
@@ -79,6 +80,7 @@ class RunGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_signal_handlers()
         self._parameters = [p for p in pl_module.parameters() if p.is_floating_point()]
+        self._sum_dtypes = [torch.float32 if p.element_size() < 4 else p.dtype for p in self._parameters]
         self._last_sums, self._unchanged_since, self._stall_said = [], None, False
 
     def on_train_batch_end(
@@ -124,11 +126,14 @@ class RunGuard(L.Callback):
         """What is wrong with this step, if anything, from the loss and the sum of each parameter tensor (a NaN or
         an infinity anywhere in a tensor makes its sum non-finite). On an accelerator they are read in one device
         sync; on the CPU, where there is nothing to wait for, one by one (cheaper than stacking them first)."""
+        # Half-precision weights are summed in float32: float16's sum of a large tensor overflows to inf.
+        sums = [p.detach().sum(dtype=dtype) for p, dtype in zip(self._parameters, self._sum_dtypes, strict=True)]
         if loss.device.type == "cpu":
-            loss_value, parameter_sums = loss.item(), [p.detach().sum().item() for p in self._parameters]
+            loss_value, parameter_sums = loss.detach().sum().item(), [s.item() for s in sums]
         else:
-            sums = [p.detach().sum().float() for p in self._parameters]
-            loss_value, *parameter_sums = torch.stack([loss.detach().float().sum(), *sums]).tolist()
+            loss_value, *parameter_sums = torch.stack(
+                [loss.detach().float().sum(), *(s.float() for s in sums)]
+            ).tolist()
         self._watch_for_a_stall(trainer, parameter_sums)
         if not math.isfinite(loss_value):
             return f"the loss is {loss_value}"

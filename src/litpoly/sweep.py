@@ -606,8 +606,8 @@ def sweep(
     print(f"Trials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})", flush=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // workers)  # the cores this process may use (a SLURM allocation, a cgroup), shared
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # unless the threads are set, as torch itself takes them
-        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # at most the threads set for torch (a test, a scheduler)
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     interrupted, stopped = False, None
     try:
         if workers == 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -89,6 +90,21 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path: Path, mon
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("loss", [torch.tensor(1.0), torch.ones(3)], ids=["scalar", "per-sample"])
+def test_half_precision_weights_are_not_taken_for_diverged(loss: torch.Tensor) -> None:
+    """float16 weights whose sum exceeds float16's range (65504) are finite: their sum is taken in float32."""
+    guard, module, trainer = RunGuard(), torch.nn.Linear(100, 1).half(), SimpleNamespace(global_step=1)
+    with torch.no_grad():
+        module.weight.fill_(1000.0)
+    guard.on_train_start(trainer, module)  # type: ignore[arg-type]
+    try:
+        assert guard._divergence(trainer, loss) is None  # type: ignore[arg-type]
+        module.weight.data[0, 0] = math.inf
+        assert guard._divergence(trainer, loss) == "the parameters are no longer finite"  # type: ignore[arg-type]
+    finally:
+        guard.on_train_end(trainer, module)  # type: ignore[arg-type]
 
 
 def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
