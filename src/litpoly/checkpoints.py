@@ -96,8 +96,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``os.replace`` is atomic on POSIX and Windows, so a checkpoint path holds either the previous
     complete file or the new complete file, whenever the process dies. (This protects against
     the process being killed; surviving a power cut would also need an fsync.) A local file is written by
-    ``torch.save`` itself: Lightning's own path goes through fsspec and an in-memory copy of the file, which
-    costs a millisecond a save here (with ``best.ckpt`` saved at most validations, that adds up). Remote paths
+    ``torch.save`` itself: Lightning's own path goes through fsspec and an in-memory copy of the file, half a
+    millisecond more a save here (with ``best.ckpt`` saved at most validations, that adds up). Remote paths
     (``s3://`` …) are written as Lightning writes them.
     """
 

@@ -436,10 +436,9 @@ def work(
     study = optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner)
 
     def objective(trial: Any) -> float:
-        # Optuna numbers trials in the order they start: a trial beyond the plan (two workers started at once)
-        # is given up before it runs, so the study ends with exactly the planned number.
-        # Optuna has no "create a trial unless there are n": the count and the creation are two steps, and a
-        # surplus trial (two workers counting at the same moment) is recorded as failed, marked as never run.
+        # Optuna numbers trials in the order they start, and has no "create a trial unless there are n": when two
+        # workers count at the same moment, the later trial is beyond the plan. It is given up before it draws
+        # its settings (recorded as failed, marked as never run), so the study ends with exactly the planned number.
         ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state.name != "FAIL"]
         if len(ahead) >= space.trials:
             trial.set_user_attr(BEYOND_PLAN, True)
@@ -713,8 +712,10 @@ def _worker_process(setup: Setup, worker: int, threads: int, parent: int) -> Non
 def _report(space: SearchSpace, study: Any) -> None:
     trials = study.get_trials(deepcopy=False)
     states = counts([t for t in trials if BEYOND_PLAN not in t.user_attrs])
-    beyond = [f"{n} not run (beyond the plan)" for n in [len(trials) - states.total()] if n]
-    print(f"Trials: {', '.join([*(f'{n} {s.lower()}' for s, n in sorted(states.items())), *beyond])}.")
+    parts = [f"{n} {state.lower()}" for state, n in sorted(states.items())]
+    if not_run := len(trials) - states.total():
+        parts.append(f"{not_run} not run (beyond the plan)")
+    print(f"Trials: {', '.join(parts)}.")
     if not states["COMPLETE"]:
         print("No trial completed yet.")
         return
