@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import shutil
 import signal
@@ -143,11 +144,15 @@ def sweep_command(space: Path, *args: str) -> list[str]:
     return [sys.executable, str(SWEEP), str(space), *args]
 
 
-def mid_trial(number: int) -> Callable[[Trials], bool]:
-    """Whether trial ``number`` is running and has reported once: mid-trial."""
-    return lambda trials: (
-        len(trials) > number and trials[number].state.name == "RUNNING" and bool(trials[number].intermediate_values)
-    )
+def mid_trial(number: int, before: int | None = None) -> Callable[[Trials], bool]:
+    """Whether trial ``number`` is running and has reported once (its last report before step ``before``, if
+    given: steps enough to go that a signal sent now lands mid-trial)."""
+
+    def running(trials: Trials) -> bool:
+        reported = trials[number].intermediate_values if len(trials) > number else {}
+        return bool(reported) and trials[number].state.name == "RUNNING" and max(reported) < (before or math.inf)
+
+    return running
 
 
 def wait_until(logs: Path, name: str, process: subprocess.Popen[bytes], ready: Callable[[Trials], bool]) -> None:
@@ -225,7 +230,9 @@ def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_s
 
     def both_finished_one_and_one_more_runs(trials: Trials) -> bool:
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        return len({t.user_attrs["worker"] for t in complete}) == 2 and any(mid_trial(t.number)(trials) for t in trials)
+        return len({t.user_attrs["worker"] for t in complete}) == 2 and any(
+            mid_trial(t.number, 400)(trials) for t in trials
+        )
 
     # SIGINT to the sweep's own process only (as `kill -INT` or a scheduler sends it), once each worker has finished
     # a trial and one is mid-trial: both workers stop. (The same command then goes on, as with one worker.)
