@@ -56,6 +56,8 @@ HEARTBEAT_S = 2
 GRACE_S = 60
 
 FINISHED = ("COMPLETE", "PRUNED")
+#: Attempts at opening a storage that another process is creating at the same moment (see ``open_storage``).
+CREATE_TRIES = 5
 #: The user attribute of a trial given up before it ran, beyond the planned number (see ``work``).
 BEYOND_PLAN = "beyond_plan"
 #: A worker process's exit status when SIGINT or SIGTERM stopped it (as a shell reports Ctrl-C), and when it
@@ -387,17 +389,32 @@ def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
     # logs for every failed trial, would repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=int(grace_s),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
-        reason = " ".join(str(error).split("\n(Background")[0].split())
-        raise ValueError(f"cannot open the study's storage {_safe(url)}: {reason[:300]}") from None
+    attempt = 1
+    while True:
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=int(grace_s),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
+            if attempt < CREATE_TRIES and _created_elsewhere(error):
+                attempt += 1
+                time.sleep(0.5)
+                continue
+            reason = " ".join(str(error).split("\n(Background")[0].split())
+            raise ValueError(f"cannot open the study's storage {_safe(url)}: {reason[:300]}") from None
+
+
+def _created_elsewhere(error: Exception) -> bool:
+    """Whether opening a new database failed because another process is creating Optuna's tables in it at this
+    moment (sweeps started together on a fresh study, on several machines or in several terminals): one creates
+    them, the others find a table or Optuna's version row already there. Opened again, it is complete."""
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 def _safe(url: str) -> str:

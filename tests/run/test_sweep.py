@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import DEFAULT_CONFIG, REPO, Problem, subprocess_env
-from litpoly.sweep import BEYOND_PLAN, sweep
+from litpoly.sweep import BEYOND_PLAN, open_storage, sweep
 from test_logs import hparams_plugin
 
 SWEEP = REPO / "scripts" / "sweep.py"
@@ -157,14 +158,21 @@ def mid_trial(number: int, before: int | None = None) -> Callable[[Trials], bool
 
 def wait_until(logs: Path, name: str, process: subprocess.Popen[bytes], ready: Callable[[Trials], bool]) -> None:
     """Wait until the study's trials are ``ready`` (while the sweep runs)."""
-    url = f"sqlite:///{logs / 'sweeps' / name / 'study.db'}"
+    folder = logs / "sweeps" / name
+    url = f"sqlite:///{folder / 'study.db'}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(Exception):  # the study may not exist yet
-            if ready(optuna.load_study(study_name=name, storage=url).get_trials()):
-                return
+        # Not before a trial has begun: opening the storage while the sweep creates it would race its creation of
+        # Optuna's tables (and fail the sweep with "cannot open the study's storage").
+        if any(folder.glob("trial_*.log")):
+            with contextlib.suppress(Exception):  # a read while a worker writes may fail: the next one is fine
+                if ready(optuna.load_study(study_name=name, storage=url).get_trials()):
+                    return
         time.sleep(0.2)
-    pytest.fail(f"the study never got there (sweep exit status {process.poll()})")
+    if process.poll() is None:
+        process.kill()
+    _, err = process.communicate()
+    pytest.fail(f"the study never got there (sweep exit status {process.returncode}): {err!r}")
 
 
 def interrupt_mid_trial(command: list[str], cwd: Path, ready: Callable[[Trials], bool]) -> str:
@@ -327,6 +335,30 @@ def test_bad_input_is_one_line_and_creates_no_study_or_run(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (in_tests / "lightning_logs").exists()
+
+
+def _open_at_the_barrier(url: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        open_storage(url)
+        results.put("opened")
+    except ValueError as error:
+        results.put(str(error))
+
+
+def test_sweeps_started_together_on_a_new_study_all_open_it(tmp_path: Path) -> None:
+    """Two processes opening one new SQLite study at the same moment (the same command started on two machines,
+    or twice): Optuna's first creation of its tables fails in one of them; open_storage opens it again."""
+    context = multiprocessing.get_context("fork")  # (this process's torch has one thread: forking is safe)
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / str(attempt) / 'study.db'}"
+        barrier, results = context.Barrier(2), context.Queue()
+        processes = [context.Process(target=_open_at_the_barrier, args=(url, barrier, results)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [results.get(timeout=5) for _ in processes] == ["opened", "opened"]
 
 
 def test_an_unreachable_storage_is_one_line_on_the_command_line(tmp_path: Path) -> None:
