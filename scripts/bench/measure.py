@@ -141,17 +141,30 @@ def measure(specs: dict[str, Spec], repeats: int, in_process: bool, say: Callabl
 
 @dataclass(frozen=True)
 class Ratio:
-    """``a / b`` of two rows' medians; a result only when both rows are."""
+    """``a / b`` of two rows' medians, a result only when both rows are; and the quartiles of the repeats' own
+    ratios (``a``'s and ``b``'s runs of the same repeat ran one after the other), which say how far one
+    process's step can drift from another's: a target inside them is within the noise."""
 
     value: float
     resolved: bool
+    paired: tuple[float, float]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "resolved": self.resolved}
+        return {"value": self.value, "resolved": self.resolved, "paired_quartiles": list(self.paired)}
 
 
 def ratio(a: Row, b: Row) -> Ratio:
-    return Ratio(a.step_ms / b.step_ms, a.resolved and b.resolved)
+    paired = [x["step_s"] / y["step_s"] for x, y in zip(a.results, b.results, strict=True)]
+    q1, _, q3 = statistics.quantiles(paired, n=4, method="inclusive")
+    return Ratio(a.step_ms / b.step_ms, a.resolved and b.resolved, (q1, q3))
+
+
+def verdict(value: float, limit: float, resolved: bool, paired: tuple[float, float] | None = None) -> bool | None:
+    """Met (True) or not (False); None when a row is unresolved, or when the line ``value <= limit`` falls
+    between the quartiles of the repeats' own ratios, so that the verdict would flip with the draw of processes."""
+    if not resolved or (paired is not None and paired[0] <= limit < paired[1]):
+        return None
+    return value <= limit
 
 
 def breakdown(rows: dict[str, Row]) -> dict[str, dict[str, Any]]:

@@ -48,8 +48,10 @@ def print_rows(size: int, rows: dict[str, dict[str, Any]]) -> None:
 
 
 def print_ratios(size: int, ratios: dict[str, dict[str, Any]]) -> None:
-    cells = [f"{name} {r['value']:.3f}x{'' if r['resolved'] else ' (unresolved)'}" for name, r in ratios.items()]
-    print(f"  ratios at {size} points: " + "; ".join(cells))
+    print(f"  ratios at {size} points (and the quartiles of the repeats' own ratios):")
+    for name, r in ratios.items():
+        low, high = r["paired_quartiles"]
+        print(f"    {name} {r['value']:.3f}x ({low:.3f}–{high:.3f}){'' if r['resolved'] else ' unresolved'}")
 
 
 def print_breakdown(costs: dict[str, dict[str, Any]], bare_ms: float) -> None:
@@ -65,5 +67,8 @@ def print_breakdown(costs: dict[str, dict[str, Any]], bare_ms: float) -> None:
 def print_targets(targets: list[dict[str, Any]]) -> None:
     print("\nTargets:")
     for target in targets:
-        verdict = {True: "met", False: "NOT MET", None: "unresolved (rerun on an idle machine)"}[target["met"]]
+        verdict = {True: "met", False: "NOT MET"}.get(target["met"], "unresolved (rerun on an idle machine)")
+        paired = target.get("paired_quartiles")
+        if target["met"] is None and target["resolved"] and paired:
+            verdict = f"within the noise: the repeats' own ratios span {paired[0]:.3f}–{paired[1]:.3f}"
         print(f"  {target['name']}: {target['value']:.3f} (target ≤ {target['limit']}) — {verdict}")

@@ -46,6 +46,13 @@ def test_quick_benchmark_writes_consistent_json(
         top, bottom = rows[f"{a}/{optimizer}"], rows[f"{b}/{optimizer}"]
         assert ratio["value"] == pytest.approx(top["step_ms"] / bottom["step_ms"])
         assert ratio["resolved"] == (top["resolved"] and bottom["resolved"])
+        # The repeats' own ratios (runs of one repeat side by side): two of them, so their quartiles are the
+        # points a quarter of the way in from each end.
+        paired = sorted(x / y for x, y in zip(top["samples_ms"], bottom["samples_ms"], strict=True))
+        quarter = (paired[1] - paired[0]) / 4
+        assert ratio["paired_quartiles"] == pytest.approx([paired[0] + quarter, paired[1] - quarter])
+    for target in report["targets"]:
+        assert target["met"] is None or target["met"] == (target["value"] <= target["limit"])
     # The breakdown: one cost per feature, the full fit's step minus the step without it.
     for name, cost in size["breakdown"].items():
         without = rows[f"without {name.strip()}"]
@@ -61,3 +68,22 @@ def test_one_contestant_runs_in_a_fresh_process(bench_modules: None) -> None:
     result = run_in_new_process(Spec("litpoly", "sgd", 500, "cpu", steps=30, start=5, stop=25))
     assert result["step_s"] > 0 and result["peak_mib"] > 0
     assert 0 < result["startup_s"] < 120  # from the process's start to its first training step
+
+
+@pytest.mark.parametrize(
+    ("value", "resolved", "paired", "met"),
+    [
+        (1.01, True, (1.00, 1.015), True),  # the repeats' ratios all on the right side of the line
+        (1.03, True, (1.025, 1.04), False),
+        (1.019, True, (1.001, 1.032), None),  # the line between the quartiles: the draw of processes decides
+        (1.033, True, (1.001, 1.032), None),
+        (1.01, False, (1.00, 1.015), None),  # a row spread over 10% of its median
+        (0.97, True, None, True),  # a target without repeats' ratios (memory growth)
+    ],
+)
+def test_a_target_is_met_only_when_the_noise_cannot_flip_it(
+    bench_modules: None, value: float, resolved: bool, paired: tuple[float, float] | None, met: bool | None
+) -> None:
+    from bench.measure import verdict
+
+    assert verdict(value, 1.02, resolved, paired) is met
