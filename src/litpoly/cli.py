@@ -63,7 +63,14 @@ from litpoly.checkpoints import (
 from litpoly.console import ConsoleReport, LineProgress, TimedProgressBar, say
 from litpoly.errors import SettingError, TrainingStopped
 from litpoly.guard import RunGuard
-from litpoly.loggers import RunReport, ThrottledTensorBoardLogger, next_version, place_loggers, run_version
+from litpoly.loggers import (
+    RunReport,
+    ThrottledTensorBoardLogger,
+    next_version,
+    open_mlflow_stores,
+    place_loggers,
+    run_version,
+)
 from litpoly.predictions import PredictionWriter
 from litpoly.profiler import NullProfiler
 
@@ -421,16 +428,18 @@ class LitCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
         given = trainer.get("logger")
+        placed: list[Any] = []
         if isinstance(given, Namespace | list):  # loggers by class (configs/loggers/*.yaml, --trainer.logger CLASS)
             # Completed on a copy, which is what gets made: config.yaml keeps them as given (`save_dir: null`), so
             # that it runs again as a new run, not into this one's folder. fast_dev_run writes nothing, so its
             # loggers are not even made (MLflow's would create its store).
-            placed = copy.deepcopy(given)
+            copied = copy.deepcopy(given)
+            placed = copied if isinstance(copied, list) else [copied]
             try:
-                place_loggers(placed if isinstance(placed, list) else [placed], root_dir(trainer))
+                place_loggers(placed, root_dir(trainer))
             except ValueError as error:  # MLflow not installed, or its server not answering: said even by fast_dev_run
                 fail(str(error))
-            trainer.logger = None if trainer.get("fast_dev_run") else placed
+            trainer.logger = None if trainer.get("fast_dev_run") else copied
         # The classes check their own arguments (ValueError), and the Trainer its flags
         # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
         # errors: one line, not a traceback. Nothing has been written yet at this point.
@@ -442,6 +451,8 @@ class LitCLI(LightningCLI):
             fail(f"invalid Trainer setting: {error}")
         finally:
             trainer.logger = given
+        if placed and not trainer.get("fast_dev_run"):  # every setting checked: the run will log there
+            open_mlflow_stores(placed)
         # Lightning's model summary runs the model on its `example_input_array` as it is, but a true-precision run
         # (64-true, bf16-true) converts the weights, not that input: it is converted here as each batch will be.
         if self.model.example_input_array is not None:

@@ -23,11 +23,13 @@ logs a plot as a small palette PNG.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import math
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -179,6 +181,37 @@ def place_loggers(entries: list[Any], root: str) -> None:
         init_args.run_name = init_args.run_name or run_name
         if str(init_args.tracking_uri).startswith(("http://", "https://")):
             check_tracking_server(init_args.tracking_uri)
+
+
+def open_mlflow_stores(entries: list[Any]) -> None:
+    """Open the SQLite store of each MLflow logger among ``entries`` (``trainer.logger``'s config entries, placed
+    by :func:`place_loggers`) with its experiment, one process at a time.
+
+    MLflow builds a new SQLite store's tables by running its migrations, and Lightning's logger creates its
+    experiment when the store has none. Two processes doing either at once (a sweep's workers starting their first
+    trials, or two runs started together) break each other: here, one of two processes opening a new store at the
+    same moment failed in 3 tries out of 3 ("duplicate column name", or alembic's "expected to match one row").
+    A lock file per store (empty, in the temporary folder, named after the store's path) makes them take turns;
+    once the store and its experiment exist this costs one query. A tracking server (``http://``) builds its own
+    tables, once; there, two runs starting on a new experiment at the same moment may still both try to create it.
+    """
+    for entry in entries:
+        found = _logger_class(entry)
+        uri = str(entry.init_args.get("tracking_uri") or "") if found and issubclass(found, MLFlowLogger) else ""
+        if not uri.startswith("sqlite:///"):
+            continue
+        from filelock import FileLock
+        from mlflow.tracking import MlflowClient
+
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir(), f"litpoly-mlflow-{digest}.lock")
+        name, artifacts = entry.init_args.experiment_name, entry.init_args.get("artifact_location")
+        with FileLock(lock):
+            client = MlflowClient(uri)
+            if client.get_experiment_by_name(name) is None:
+                client.create_experiment(name, artifact_location=artifacts)
 
 
 @contextlib.contextmanager
