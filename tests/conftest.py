@@ -129,6 +129,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_as_it_was() -> Any:
+    """Put ``MLFLOW_TRACKING_URI`` back after each test: Lightning's MLflow logger calls ``mlflow.set_tracking_uri``,
+    which sets it in this process's environment for its subprocesses, so a later test's processes (a sweep's
+    workers) would log to a store, or a server, that an earlier test had."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(params=PROBLEMS, ids=str)
 def problem(request: pytest.FixtureRequest) -> Problem:
     """Each of the two problems in turn."""

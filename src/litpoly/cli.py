@@ -66,8 +66,8 @@ from litpoly.guard import RunGuard
 from litpoly.loggers import (
     RunReport,
     ThrottledTensorBoardLogger,
+    mlflow_stores_in_turn,
     next_version,
-    open_mlflow_stores,
     place_loggers,
     run_version,
 )
@@ -444,15 +444,14 @@ class LitCLI(LightningCLI):
         # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
         # errors: one line, not a traceback. Nothing has been written yet at this point.
         try:
-            super().instantiate_classes()
+            with mlflow_stores_in_turn([] if trainer.get("fast_dev_run") else placed):
+                super().instantiate_classes()
         except ValueError as error:
             fail(str(_innermost(error, ValueError)))
         except MisconfigurationException as error:
             fail(f"invalid Trainer setting: {error}")
         finally:
             trainer.logger = given
-        if placed and not trainer.get("fast_dev_run"):  # every setting checked: the run will log there
-            open_mlflow_stores(placed)
         # Lightning's model summary runs the model on its `example_input_array` as it is, but a true-precision run
         # (64-true, bf16-true) converts the weights, not that input: it is converted here as each batch will be.
         if self.model.example_input_array is not None:

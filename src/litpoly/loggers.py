@@ -183,35 +183,43 @@ def place_loggers(entries: list[Any], root: str) -> None:
             check_tracking_server(init_args.tracking_uri)
 
 
-def open_mlflow_stores(entries: list[Any]) -> None:
-    """Open the SQLite store of each MLflow logger among ``entries`` (``trainer.logger``'s config entries, placed
-    by :func:`place_loggers`) with its experiment, one process at a time.
+@contextlib.contextmanager
+def mlflow_stores_in_turn(entries: list[Any]) -> Iterator[None]:
+    """Run the block (which makes the loggers) holding the lock of each SQLite MLflow store among ``entries``
+    (``trainer.logger``'s config entries, placed by :func:`place_loggers`); then, still holding it, create the
+    logger's experiment in the store unless it is there.
 
-    MLflow builds a new SQLite store's tables by running its migrations, and Lightning's logger creates its
-    experiment when the store has none. Two processes doing either at once (a sweep's workers starting their first
-    trials, or two runs started together) break each other: here, one of two processes opening a new store at the
-    same moment failed in 3 tries out of 3 ("duplicate column name", or alembic's "expected to match one row").
-    A lock file per store (empty, in the temporary folder, named after the store's path) makes them take turns;
-    once the store and its experiment exist this costs one query. A tracking server (``http://``) builds its own
-    tables, once; there, two runs starting on a new experiment at the same moment may still both try to create it.
+    MLflow's client builds a new SQLite store's tables by running its migrations, when the logger is made, and
+    Lightning's logger creates its experiment when the store has none. Two processes doing either at once (a
+    sweep's workers starting their first trials, or two runs started together) break each other: here, one of
+    two processes opening a new store at the same moment failed in 3 tries out of 3 ("duplicate column name", or
+    alembic's "expected to match one row"), and a sweep's second worker failed its first trials. A lock file per
+    store (empty, in the temporary folder, named after the store's path) makes them take turns; once the store
+    and its experiment exist, this costs one query. A tracking server (``http://``) builds its own tables, once;
+    there, two runs starting on a new experiment at the same moment may still both try to create it.
     """
+    stores = {}
     for entry in entries:
         found = _logger_class(entry)
         uri = str(entry.init_args.get("tracking_uri") or "") if found and issubclass(found, MLFlowLogger) else ""
-        if not uri.startswith("sqlite:///"):
-            continue
-        from filelock import FileLock
-        from mlflow.tracking import MlflowClient
+        if uri.startswith("sqlite:///"):
+            stores[Path(uri.removeprefix("sqlite:///")).resolve()] = (uri, entry.init_args)
+    if not stores:
+        yield
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
 
-        database = Path(uri.removeprefix("sqlite:///")).resolve()
-        database.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
-        lock = Path(tempfile.gettempdir(), f"litpoly-mlflow-{digest}.lock")
-        name, artifacts = entry.init_args.experiment_name, entry.init_args.get("artifact_location")
-        with FileLock(lock):
-            client = MlflowClient(uri)
+    with contextlib.ExitStack() as held:
+        for database in sorted(stores):  # always in the same order: two stores never deadlock
+            database.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+            held.enter_context(FileLock(Path(tempfile.gettempdir(), f"litpoly-mlflow-{digest}.lock")))
+        yield
+        for uri, init_args in stores.values():
+            client, name = MlflowClient(uri), init_args.experiment_name
             if client.get_experiment_by_name(name) is None:
-                client.create_experiment(name, artifact_location=artifacts)
+                client.create_experiment(name, artifact_location=init_args.get("artifact_location"))
 
 
 @contextlib.contextmanager

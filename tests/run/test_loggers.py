@@ -8,7 +8,6 @@ a scalar as a float32, the others the float it was logged as, so each of theirs 
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -232,40 +231,3 @@ def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> 
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
         server.wait(timeout=30)
-
-
-def _open_mlflow_at_the_barrier(uri: str, barrier: Any, results: Any) -> None:
-    from jsonargparse import Namespace
-
-    from litpoly.loggers import open_mlflow_stores
-
-    entry = Namespace(
-        class_path="lightning.pytorch.loggers.MLFlowLogger",
-        init_args=Namespace(tracking_uri=uri, experiment_name="lightning_logs", artifact_location=None),
-    )
-    barrier.wait()
-    try:
-        open_mlflow_stores([entry])
-        results.put("opened")
-    except Exception as error:  # what MLflow raised, to show in the assertion
-        results.put(f"{type(error).__name__}: {str(error).splitlines()[0]}")
-
-
-def test_runs_started_together_on_a_new_mlflow_store_all_open_it(tmp_path: Path) -> None:
-    """Two processes opening one new SQLite store at the same moment (a sweep's two workers starting their first
-    trials): MLflow's migrations, or its creation of the experiment, fail in one of them unless they take turns."""
-    from mlflow.tracking import MlflowClient
-
-    context = multiprocessing.get_context("fork")  # (this process's torch has one thread: forking is safe)
-    for attempt in range(3):
-        uri = f"sqlite:///{tmp_path / str(attempt) / 'mlflow.db'}"
-        barrier, results = context.Barrier(2), context.Queue()
-        processes = [context.Process(target=_open_mlflow_at_the_barrier, args=(uri, barrier, results)) for _ in "ab"]
-        for process in processes:
-            process.start()
-        outcomes = [results.get(timeout=120) for _ in processes]
-        for process in processes:
-            process.join(timeout=60)
-        assert outcomes == ["opened", "opened"]
-        names = [experiment.name for experiment in MlflowClient(uri).search_experiments()]
-        assert sorted(names) == ["Default", "lightning_logs"]  # one experiment, not one per process

@@ -381,17 +381,21 @@ def test_an_unreachable_storage_is_one_line_on_the_command_line(tmp_path: Path) 
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.slow
 def test_trials_with_mlflow_share_one_store_side_by_side(in_tests: Path) -> None:
+    """Two workers: their first trials open the new store at the same moment (they take turns, or one fails)."""
     from mlflow.tracking import MlflowClient
 
     from conftest import SINE
 
     args = ["--config", str(REPO / "configs" / "loggers" / "mlflow.yaml"), *SINE.quick, "--model.parity", "false"]
-    study = sweep(write_space(in_tests, SINE, trials=2, args=args), DEFAULT_CONFIG, logs=in_tests / "lightning_logs")
+    space = write_space(in_tests, SINE, trials=2, args=args)
+    study = sweep(space, DEFAULT_CONFIG, workers=2, logs=in_tests / "lightning_logs")
     store = in_tests / "lightning_logs" / "sweeps" / "sine-lr" / "lightning_logs" / "mlflow.db"
     client = MlflowClient(f"sqlite:///{store}")
     runs = {run.info.run_name: run for run in client.search_runs(client.search_experiments()[0].experiment_id)}
     assert sorted(runs) == ["trial_0", "trial_1"]
+    assert [trial.state.name for trial in study.get_trials()] == ["COMPLETE", "COMPLETE"]
     for trial in study.get_trials():
         run = runs[f"trial_{trial.number}"]
         assert float(run.data.params["lr"]) == trial.params["model.lr"]
