@@ -112,8 +112,8 @@ def benchmark(
         targets.append({"name": "start-up: first step after import lightning (s)", "limit": 0.5,
                         "value": first_step - imported, "resolved": True})  # fmt: skip
     for target in targets:
-        paired = target.get("paired_quartiles")
-        target["met"] = m.verdict(target["value"], target["limit"], target["resolved"], paired and tuple(paired))
+        paired = tuple(target["paired_quartiles"]) if "paired_quartiles" in target else None
+        target["met"] = m.verdict(target["value"], target["limit"], target["resolved"], paired)
     results["targets"] = targets
     report.print_targets(targets)
 

@@ -142,8 +142,8 @@ def measure(specs: dict[str, Spec], repeats: int, in_process: bool, say: Callabl
 @dataclass(frozen=True)
 class Ratio:
     """``a / b`` of two rows' medians, a result only when both rows are; and the quartiles of the repeats' own
-    ratios (``a``'s and ``b``'s runs of the same repeat ran one after the other), which say how far one
-    process's step can drift from another's: a target inside them is within the noise."""
+    ratios (``a``'s run over ``b``'s in the same round of repeats), which say how far one process's step can
+    drift from another's: a target inside them is within the noise."""
 
     value: float
     resolved: bool
@@ -161,8 +161,9 @@ def ratio(a: Row, b: Row) -> Ratio:
 
 def verdict(value: float, limit: float, resolved: bool, paired: tuple[float, float] | None = None) -> bool | None:
     """Met (True) or not (False); None when a row is unresolved, or when the line ``value <= limit`` falls
-    between the quartiles of the repeats' own ratios, so that the verdict would flip with the draw of processes."""
-    if not resolved or (paired is not None and paired[0] <= limit < paired[1]):
+    between the quartiles of the repeats' own ratios (or between them and ``value``, which may lie outside
+    them), so that the verdict would flip with the draw of processes."""
+    if not resolved or (paired is not None and min(paired[0], value) <= limit < max(paired[1], value)):
         return None
     return value <= limit
 

@@ -185,18 +185,19 @@ def place_loggers(entries: list[Any], root: str) -> None:
 
 @contextlib.contextmanager
 def mlflow_stores_in_turn(entries: list[Any]) -> Iterator[None]:
-    """Run the block (which makes the loggers) holding the lock of each SQLite MLflow store among ``entries``
-    (``trainer.logger``'s config entries, placed by :func:`place_loggers`); then, still holding it, create the
-    logger's experiment in the store unless it is there.
+    """Run the block holding the lock of each SQLite MLflow store among ``entries`` (``trainer.logger``'s config
+    entries, placed by :func:`place_loggers`); then, still holding it, create the logger's experiment in the store
+    unless it is there.
 
-    MLflow's client builds a new SQLite store's tables by running its migrations, when the logger is made, and
-    Lightning's logger creates its experiment when the store has none. Two processes doing either at once (a
-    sweep's workers starting their first trials, or two runs started together) break each other: here, one of
-    two processes opening a new store at the same moment failed in 3 tries out of 3 ("duplicate column name", or
-    alembic's "expected to match one row"), and a sweep's second worker failed its first trials. A lock file per
-    store (empty, in the temporary folder, named after the store's path) makes them take turns; once the store
-    and its experiment exist, this costs one query. A tracking server (``http://``) builds its own tables, once;
-    there, two runs starting on a new experiment at the same moment may still both try to create it.
+    The block is where the command line makes its classes: MLflow's client builds a new SQLite store's tables by
+    running its migrations when the logger is made, and Lightning's logger creates its experiment when the store
+    has none. Two processes doing either at once (a sweep's workers starting their first trials, or two runs
+    started together) break each other ("duplicate column name", or alembic's "expected to match one row"): a
+    two-worker sweep logging to MLflow failed three of its four trials. A lock file per store (empty, in the
+    temporary folder, named after the store's path) makes them take turns, on one machine; making the model, the
+    data module and the Trainer waits its turn too. Once the store and its experiment exist, the experiment
+    costs one query. A tracking server (``http://``) builds its own tables, once; there, two runs starting on a
+    new experiment at the same moment may still both try to create it.
     """
     stores = {}
     for entry in entries:
@@ -212,11 +213,12 @@ def mlflow_stores_in_turn(entries: list[Any]) -> Iterator[None]:
 
     with contextlib.ExitStack() as held:
         for database in sorted(stores):  # always in the same order: two stores never deadlock
-            database.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
             held.enter_context(FileLock(Path(tempfile.gettempdir(), f"litpoly-mlflow-{digest}.lock")))
         yield
         for uri, init_args in stores.values():
+            if init_args.get("run_id"):  # an existing run: its experiment is there already
+                continue
             client, name = MlflowClient(uri), init_args.experiment_name
             if client.get_experiment_by_name(name) is None:
                 client.create_experiment(name, artifact_location=init_args.get("artifact_location"))
