@@ -442,7 +442,8 @@ class LitCLI(LightningCLI):
             trainer.logger = None if trainer.get("fast_dev_run") else copied
         # The classes check their own arguments (ValueError), and the Trainer its flags
         # (MisconfigurationException, e.g. `--trainer.accelerator gpu` without a GPU). Both are user
-        # errors: one line, not a traceback. Nothing has been written yet at this point.
+        # errors: one line, not a traceback. Nothing has been written yet at this point, but for an MLflow logger's
+        # SQLite store, which MLflow's client creates when the logger is made.
         try:
             with mlflow_stores_in_turn([] if trainer.get("fast_dev_run") else placed):
                 super().instantiate_classes()

@@ -46,8 +46,8 @@ def test_quick_benchmark_writes_consistent_json(
         top, bottom = rows[f"{a}/{optimizer}"], rows[f"{b}/{optimizer}"]
         assert ratio["value"] == pytest.approx(top["step_ms"] / bottom["step_ms"])
         assert ratio["resolved"] == (top["resolved"] and bottom["resolved"])
-        # The repeats' own ratios (runs of one repeat side by side): two of them, so their quartiles are the
-        # points a quarter of the way in from each end.
+        # The repeats' own ratios (each run over the other's in the same round of repeats): two of them, so their
+        # quartiles are the points a quarter of the way in from each end.
         paired = sorted(x / y for x, y in zip(top["samples_ms"], bottom["samples_ms"], strict=True))
         quarter = (paired[1] - paired[0]) / 4
         assert ratio["paired_quartiles"] == pytest.approx([paired[0] + quarter, paired[1] - quarter])
