@@ -131,6 +131,12 @@ def _logger_class(entry: Any) -> type | None:
     return None
 
 
+def _mlflow_arguments(entries: list[Any]) -> list[Namespace]:
+    """The ``init_args`` of the MLflow loggers among ``trainer.logger``'s config entries."""
+    found = [(entry, _logger_class(entry)) for entry in entries]
+    return [entry.init_args for entry, c in found if c and issubclass(c, MLFlowLogger)]
+
+
 def place_loggers(entries: list[Any], root: str) -> None:
     """Fill in what a config file leaves out of its ``trainer.logger`` list, so that every logger writes where the
     run does; and refuse what cannot work, before anything is made.
@@ -149,7 +155,7 @@ def place_loggers(entries: list[Any], root: str) -> None:
             run folder, ``trainer.log_dir``, and an MLflow store has none); its tracking server does not answer.
     """
     classes = [_logger_class(entry) for entry in entries]
-    mlflow = [entry.init_args for entry, c in zip(entries, classes, strict=True) if c and issubclass(c, MLFlowLogger)]
+    mlflow = _mlflow_arguments(entries)
     if mlflow:
         try:
             import mlflow as _  # noqa: F401  # only where asked for: a default run never imports it
@@ -200,11 +206,10 @@ def mlflow_stores_in_turn(entries: list[Any]) -> Iterator[None]:
     new experiment at the same moment may still both try to create it.
     """
     stores = {}
-    for entry in entries:
-        found = _logger_class(entry)
-        uri = str(entry.init_args.get("tracking_uri") or "") if found and issubclass(found, MLFlowLogger) else ""
+    for init_args in _mlflow_arguments(entries):
+        uri = str(init_args.get("tracking_uri") or "")
         if uri.startswith("sqlite:///"):
-            stores[Path(uri.removeprefix("sqlite:///")).resolve()] = (uri, entry.init_args)
+            stores[Path(uri.removeprefix("sqlite:///")).resolve()] = (uri, init_args)
     if not stores:
         yield
         return
