@@ -1,8 +1,8 @@
 """Shared fixtures: the two problems the run layer is tested on, and ways to run the command line like a user.
 
 Every CLI test runs in its own temporary folder, like a fresh clone. ``PROBLEMS`` holds the sine example
-(the project's default config) and the two-moons classifier (``tests/twomoons.py``, its own config); the
-run layer's tests are parametrized over both.
+(the project's default config), the two-moons classifier (``tests/twomoons.py``, its own config) and the digits
+read from files by DataLoader workers (``examples/digits/``); the run layer's tests are parametrized over all three.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 TRAIN = REPO / "scripts" / "train.py"
+DIGITS_DATA = Path(tempfile.gettempdir()) / "litpoly-tests" / "digits"
 
 RunCLI = Callable[..., LitCLI]
 
@@ -58,6 +60,11 @@ class Problem:
         survives: A model setting and a value for it that leaves every weight's shape as it is.
         witness: Its validation metrics (names without ``val/``) computed with numpy alone, from a
             checkpoint's state dict and the held-out inputs and targets.
+        per_process: Flags that make a DDP run's batches equal the one-process run's: a ``DataLoader``'s
+            ``batch_size`` is per process, so N processes of batch B equal one of batch N·B (none for
+            ``StepLoader``, which splits each batch across the processes itself).
+        draws_nothing: Flags that make the training step draw no random numbers (dropout): each process draws its
+            own, so a run with random draws equals one process's only in distribution.
     """
 
     name: str
@@ -70,6 +77,8 @@ class Problem:
     reshape: tuple[str, str, str]
     survives: tuple[str, str]
     witness: Witness
+    per_process: tuple[str, ...] = ()
+    draws_nothing: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -83,6 +92,17 @@ def sine_metrics(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -
         "mae": float(np.mean(np.abs(err))),
         "r2": float(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2)),
     }
+
+
+def digits_metrics(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    w = {k: v.double().numpy() for k, v in state.items()}
+    hidden = np.maximum(x.reshape(len(x), -1) @ w["net.1.weight"].T + w["net.1.bias"], 0.0)  # dropout is off
+    logits = hidden @ w["net.4.weight"].T + w["net.4.bias"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    labels = y.astype(np.int64)
+    loss = -np.mean(log_probabilities[np.arange(len(labels)), labels])  # cross-entropy
+    return {"loss": float(loss), "acc": float(np.mean(logits.argmax(axis=1) == labels))}
 
 
 def twomoons_metrics(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -119,8 +139,23 @@ TWOMOONS = Problem(
     survives=("lr", "0.5"),
     witness=twomoons_metrics,
 )
+DIGITS = Problem(
+    "digits",
+    # The digits' files, written once for the whole session (atomically: the test processes share them).
+    select=("--config", str(REPO / "examples" / "digits" / "config.yaml"), "--data.data_dir", str(DIGITS_DATA)),
+    quick=("--trainer.max_epochs", "2", "--console.every_n_steps", "8", "--trainer.log_every_n_steps", "8"),
+    steps=48,  # 1500 training images in batches of 64: 24 steps an epoch
+    long=("--trainer.max_epochs", "12", "--trainer.enable_model_summary", "false"),
+    long_steps=288,
+    minibatches=(),
+    reshape=("hidden", "32", "net.1.bias"),
+    survives=("lr", "0.5"),
+    witness=digits_metrics,
+    per_process=("--data.batch_size", "32"),  # on each of 2 processes: the 64 of one process
+    draws_nothing=("--model.dropout", "0"),
+)
 # fmt: on
-PROBLEMS = [SINE, TWOMOONS]
+PROBLEMS = [SINE, TWOMOONS, DIGITS]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -144,7 +179,7 @@ def _mlflow_tracking_uri_as_it_was() -> Any:
 
 @pytest.fixture(params=PROBLEMS, ids=str)
 def problem(request: pytest.FixtureRequest) -> Problem:
-    """Each of the two problems in turn."""
+    """Each of the problems in turn."""
     return request.param  # type: ignore[no-any-return]
 
 
@@ -178,6 +213,17 @@ def run_train(cwd: Path, subcommand: str, *args: str, timeout: float = 300) -> s
     return subprocess.run(
         train_command(subcommand, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env()
     )
+
+
+def held_out(loaders: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out inputs and targets a run validated on, in float64: the tensors of a ``StepLoader``, or the
+    batches of a ``DataLoader`` put together."""
+    if hasattr(loaders, "tensors"):
+        x, y = loaders.tensors
+    else:
+        batches = list(loaders)
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    return x.double().numpy(), y.double().numpy()
 
 
 def run_folder(root: Path, version: int = 0) -> Path:

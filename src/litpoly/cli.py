@@ -73,6 +73,7 @@ from litpoly.loggers import (
 )
 from litpoly.predictions import PredictionWriter
 from litpoly.profiler import NullProfiler
+from litpoly.resume import ExactResume
 
 #: Defaults for every run's Trainer; a config or a flag overrides them.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -400,6 +401,7 @@ class LitCLI(LightningCLI):
         defaults.append(RunReport())
         if self.subcommand == "fit":
             defaults.append(subconfig.guard)
+            defaults.append(ExactResume())
             if config.get("enable_checkpointing") is not False and (best := subconfig.best.callback()) is not None:
                 defaults.append(best)
             try:

@@ -2,7 +2,9 @@
 
 The rule (see litpoly.loader): every batch is split into equal shards, one per process, and DDP averages
 the processes' gradients — exactly the one-process gradient for a mean loss (two-moons), and for a sum loss
-multiplied by the number of processes (sine). A batch that cannot be split evenly is refused.
+multiplied by the number of processes (sine). A batch that cannot be split evenly is refused. With a standard
+DataLoader (digits), 2 processes of batch B draw their shares of the permutation one process of batch 2B draws
+(litpoly.resume), so they end where it does; a training set that does not split evenly is said before training.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.acceler
 def test_two_processes_end_where_one_process_does(
     tmp_path: Path, problem: Problem, run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [*problem.select, *problem.quick, "--trainer.precision", "64-true", "--trainer.accelerator", "cpu"]
-    ddp = run_train(tmp_path, "fit", *args, "--config", str(REPO / "configs" / "presets" / "ddp_cpu.yaml"), timeout=600)
+    args = [*problem.select, *problem.quick, *problem.draws_nothing, "--trainer.precision", "64-true",
+            "--trainer.accelerator", "cpu"]  # fmt: skip
+    ddp_cpu = ("--config", str(REPO / "configs" / "presets" / "ddp_cpu.yaml"))
+    ddp = run_train(tmp_path, "fit", *args, *ddp_cpu, *problem.per_process, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "(seed 1234, 64-true on 2 processes on cpu)" in ddp.stdout
     run_cli("fit", *args)  # the same run on one process, in this one
@@ -83,3 +87,19 @@ def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path) -> None
     checkpoint = load_checkpoint(run_folder(tmp_path) / "checkpoints" / "last.ckpt")
     assert 99 < checkpoint["global_step"] < 200000
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_a_dataloader_whose_samples_do_not_split_evenly_is_said_before_training(tmp_path: Path) -> None:
+    """1499 training images on 2 processes: DistributedSampler repeats one to even the shards, and the run says so."""
+    digits = next(p for p in PROBLEMS if p.name == "digits")
+    result = run_train(tmp_path, "fit", *digits.select, "--data.val_size", "298", "--trainer.max_steps", "2", *DDP,
+                       "--trainer.enable_model_summary", "false", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("Note: the")]
+    assert notes == [
+        "Note: the 1499 training samples do not split evenly across 2 processes: DistributedSampler repeats 1 of "
+        "them each epoch to even the shards (a number of samples divisible by 2 makes the run equal to one "
+        "process's)"
+    ]
+    assert result.stderr.index(notes[0]) < result.stdout.index("Run folder:") or "Run folder:" in result.stdout

@@ -70,19 +70,20 @@ def expected_params(run: Path) -> dict[str, str]:
 
 
 def test_csv_and_mlflow_get_what_tensorboard_gets(run_cli: RunCLI, tmp_path: Path) -> None:
-    """Both problems, one after the other, with TensorBoard, CSV and MLflow: one run folder each, one MLflow store."""
+    """Every problem, one after the other, with TensorBoard, CSV and MLflow: one run folder each, one MLflow store."""
     from mlflow.tracking import MlflowClient
 
     for problem in PROBLEMS:
         run_cli("fit", *problem.select, *problem.quick, *loggers("all"))
     logs = tmp_path / "lightning_logs"
-    assert sorted(p.name for p in logs.iterdir()) == ["mlartifacts", "mlflow.db", "version_0", "version_1"]
+    versions = [f"version_{v}" for v in range(len(PROBLEMS))]
+    assert sorted(p.name for p in logs.iterdir()) == ["mlartifacts", "mlflow.db", *versions]
     client = MlflowClient(f"sqlite:///{logs / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("lightning_logs")
     assert experiment is not None
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert runs.keys() == {"version_0", "version_1"}  # named after their run folders, side by side in one store
-    for version in (0, 1):
+    assert runs.keys() == set(versions)  # named after their run folders, side by side in one store
+    for version in range(len(PROBLEMS)):
         run = run_folder(tmp_path, version)
         tensorboard = tensorboard_scalars(run)
         assert {"train/loss", "train/lr", "epoch"} <= tensorboard.keys()

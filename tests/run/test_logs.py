@@ -7,16 +7,18 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lightning import LightningModule
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import PROBLEMS, Problem, RunCLI, http_json, run_folder
+from conftest import PROBLEMS, Problem, RunCLI, held_out, http_json, run_folder
 from litpoly.loggers import flat_hparams
 
 
@@ -32,6 +34,23 @@ def hparams_plugin(run: Path) -> dict[str, Any]:
     return accumulator.PluginTagToContent("hparams")  # type: ignore[no-any-return]
 
 
+def replayed_learning_rates(model: LightningModule, steps: int) -> list[float]:
+    """The learning rate before each of ``steps`` steps, from a fresh optimizer and schedule made by the model's own
+    ``configure_optimizers`` and stepped without training (a constant rate when it has no schedule)."""
+    configured = model.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    scheduler = configured.get("lr_scheduler") if isinstance(configured, dict) else None
+    scheduler = scheduler["scheduler"] if isinstance(scheduler, dict) else scheduler
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping the schedule without optimizer steps is the point here
+        for step in range(steps):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            if scheduler is not None and step + 1 < steps:
+                scheduler.step()
+    return lrs
+
+
 def test_scalars_agree_with_the_console(
     problem: Problem, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -44,10 +63,12 @@ def test_scalars_agree_with_the_console(
     assert printed and printed.keys() == logged.keys()
     for step, loss in printed.items():
         assert logged[step] == pytest.approx(loss, rel=1e-6), step
-    # The learning rate, as the optimizer holds it, on the same steps.
-    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
-    assert [(e.step, e.value) for e in events.Scalars("train/lr")] == [(s, pytest.approx(lr)) for s in sorted(logged)]
-    x, y = (t.double().numpy() for t in cli.trainer.val_dataloaders.tensors)
+    # The learning rate on the same steps, as the run's own schedule gives it, replayed on a fresh optimizer.
+    lrs = replayed_learning_rates(cli.model, max(logged) + 2)  # the rate after each logged step's update
+    assert [(e.step, e.value) for e in events.Scalars("train/lr")] == [
+        (s, pytest.approx(lrs[s + 1], rel=1e-6)) for s in sorted(logged)
+    ]
+    x, y = held_out(cli.trainer.val_dataloaders)
     validation = {f"val/{name}" for name in problem.witness(cli.model.state_dict(), x, y)}
     assert validation <= set(events.Tags()["scalars"])
 

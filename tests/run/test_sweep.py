@@ -1,4 +1,4 @@
-"""Sweeps (scripts/sweep.py, litpoly.sweep) on both problems: trials that are ordinary runs, pruning by step,
+"""Sweeps (scripts/sweep.py, litpoly.sweep) on every problem: trials that are ordinary runs, pruning by step,
 kill and resume, two workers on one SQLite study and on one PostgreSQL database, and bad input."""
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SWEEP = REPO / "scripts" / "sweep.py"
 SEARCH = {
     "sine": ("val/sse", {"low": 1.0e-7, "high": 3.0e-6, "log": True}),
     "twomoons": ("val/loss", {"low": 1.0e-3, "high": 1.0e-1, "log": True}),
+    "digits": ("val/loss", {"low": 1.0e-3, "high": 1.0e-1, "log": True}),
 }
 Trials = list[optuna.trial.FrozenTrial]
 

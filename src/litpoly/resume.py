@@ -1,0 +1,288 @@
+"""Exact resume for an ordinary ``DataLoader``: the run layer makes the user's training loader resumable.
+
+An interrupted run resumed from its checkpoint must end exactly where the uninterrupted run ends. With a plain
+``DataLoader(dataset, shuffle=True, num_workers=N)`` Lightning 2.6 does not get there, for three reasons:
+
+- ``shuffle=True`` draws each epoch's order from the global torch RNG when the epoch's iterator is made, and a
+  checkpoint holds no RNG state: the resumed run shuffles differently.
+- A plain ``DataLoader`` has no position to save: a run resumed mid-epoch starts that epoch's data over.
+- Worker processes fetch indices as soon as an iterator exists, and Lightning makes the resumed epoch's iterator
+  before it tells the sampler the epoch (``set_epoch``); with ``estimated_stepping_batches`` in
+  ``configure_optimizers`` even before it restores the checkpoint's loop state.
+
+:class:`ExactResume` (on every ``fit`` the command line runs) closes them without a line of the user's code:
+
+- Their training ``DataLoader`` is rebuilt as a :class:`ResumableLoader` over the same dataset and settings
+  (workers, collate function, pinning, ...), whose order is ``DistributedSampler``'s: a permutation seeded by the
+  run's seed and the epoch alone (on one process, and split across processes under DDP exactly as Lightning's own
+  ``DistributedSampler`` would); a dataset with a ``set_epoch`` method is told the epoch before each epoch's
+  workers copy it. It follows Lightning's stateful-loader protocol: a checkpoint records the epoch
+  and how many batches of it were served, and the resumed run gets the very next batch. Its workers are seeded
+  from the run's seed and the epoch, so per-epoch random draws in workers repeat too.
+- The checkpoint records the global RNG states (torch, CUDA, numpy, ``random``), restored when training resumes,
+  so dropout and other random draws in the training step go on as they would have.
+
+What it cannot rebuild it leaves alone and says so, in one line at the start of a resumed run: an
+``IterableDataset``, a sampler or batch sampler of the user's own, a ``DataLoader`` subclass. (A loader that
+already has ``state_dict``/``load_state_dict``, like :class:`~litpoly.loader.StepLoader` or torchdata's
+``StatefulDataLoader``, is resumable by its own protocol and is kept as it is.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.types import _Stateful
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
+
+from litpoly import compat
+from litpoly.console import say
+
+
+def run_seed() -> int:
+    """The run's seed as ``seed_everything`` recorded it (Lightning's own ``DistributedSampler`` uses it too)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
+    """``DistributedSampler``'s order — seeded by ``seed`` and the epoch — that can start part-way into an epoch.
+
+    With ``num_replicas=1`` it is the order a single process sees; with ``N`` it is each process's share of the very
+    same permutation (every ``N``-th index), so the ``N`` processes' batches of size ``B`` together hold the samples
+    of the single process's batch of size ``N·B``.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+        self.start = 0  # indices of the next pass to skip (those served before a resume)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableLoader(DataLoader):  # type: ignore[type-arg]
+    """A ``DataLoader`` whose position is saved in the checkpoint: the epoch, and the batches served of it.
+
+    Args:
+        dataset, **kwargs: As for ``DataLoader``; ``sampler`` is an :class:`EpochSampler`.
+        epoch: The epoch Lightning is in (read when an epoch's iterator is made, since workers fetch indices at
+            once and Lightning calls ``set_epoch`` only after making the iterator).
+    """
+
+    def __init__(self, dataset: Any, *, epoch: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._epoch = epoch
+        self._served = 0  # batches of the current epoch handed out (before a resume included)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches served) from a checkpoint
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        epoch, served = self._resume_at or (self._epoch(), 0)
+        self._resume_at = None
+        sampler.set_epoch(epoch)
+        sampler.start = served * (self.batch_size or 1)
+        if callable(set_dataset_epoch := getattr(self.dataset, "set_epoch", None)):
+            set_dataset_epoch(epoch)  # before workers copy the dataset: for random draws seeded by the epoch
+        if self.generator is not None:  # the workers' seeds: the run's seed and the epoch, whatever ran before
+            self.generator.manual_seed(sampler.seed + epoch)
+        self._served = served
+        return self._count(super().__iter__())
+
+    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._served += 1  # counted before the step uses it: a checkpoint taken during the step resumes after it
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches were served."""
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        return {"epoch": sampler.epoch, "served": self._served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Go on from a checkpoint: the next batch is the one that would have come next (an epoch whose batches
+        were all served goes on with the next epoch)."""
+        epoch, served = int(state_dict["epoch"]), int(state_dict["served"])
+        self._resume_at = (epoch + 1, 0) if served >= len(self) else (epoch, served)
+
+
+def why_not_resumable(loader: object) -> str | None:
+    """Why ``loader`` cannot be rebuilt as a :class:`ResumableLoader` (``None`` if it can, or needs not be)."""
+    if isinstance(loader, _Stateful):
+        return None  # resumable by its own protocol
+    if not isinstance(loader, DataLoader):
+        return f"the training loader is a {type(loader).__name__}, with no state_dict/load_state_dict"
+    if type(loader) is not DataLoader:
+        return f"the training loader is a DataLoader subclass ({type(loader).__name__})"
+    if isinstance(loader.dataset, IterableDataset):
+        return "the training data is an IterableDataset, whose position only the dataset itself can save"
+    sampler = loader.sampler
+    plain_random = type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None
+    if not (plain_random or type(sampler) is SequentialSampler) or loader.batch_sampler is None:
+        return f"the training loader has a sampler of its own ({type(sampler).__name__})"
+    if type(loader.batch_sampler) is not BatchSampler:
+        return f"the training loader has a batch sampler of its own ({type(loader.batch_sampler).__name__})"
+    return None
+
+
+def resumable(loader: DataLoader, trainer: L.Trainer) -> ResumableLoader:  # type: ignore[type-arg]
+    """``loader`` rebuilt as a :class:`ResumableLoader`: the same dataset, batches, workers and collate function, in
+    ``DistributedSampler``'s order for this process (see :func:`why_not_resumable` for what can be)."""
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = EpochSampler(loader.dataset, trainer.world_size, trainer.global_rank, shuffle, run_seed())  # type: ignore[arg-type]
+    workers = loader.num_workers
+    return ResumableLoader(
+        loader.dataset,
+        # Epochs whose training batches all ran (Lightning's own `set_epoch` value): the epoch being trained.
+        epoch=lambda: trainer.fit_loop.epoch_progress.current.processed,  # type: ignore[attr-defined]
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context if workers else None,
+        generator=torch.Generator(),
+        prefetch_factor=loader.prefetch_factor if workers else None,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+        **({"in_order": loader.in_order} if hasattr(loader, "in_order") else {}),  # torch 2.6 and later
+    )
+
+
+def padded_samples(loader: object, world_size: int) -> int:
+    """How many samples ``DistributedSampler`` repeats to give ``world_size`` processes equal shards."""
+    dataset = getattr(loader, "dataset", None)
+    if world_size == 1 or not isinstance(dataset, Sized) or isinstance(dataset, IterableDataset):
+        return 0
+    return -len(dataset) % world_size
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states, as plain tensors and numbers (a checkpoint is read weights-only)."""
+    # numpy's legacy global generator is the one `np.random.rand` and friends in the user's code draw from.
+    kind, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), position, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` recorded."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))  # noqa: NPY002
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ExactResume(L.Callback):
+    """Makes a resumed ``fit`` go on exactly as the uninterrupted run would have (see the module's docstring).
+
+    Any LightningModule and LightningDataModule: it rebuilds the training ``DataLoader`` their
+    ``train_dataloader`` returns, saves the RNG states in every checkpoint and restores them on resume. A resumed
+    run whose training loader it could not make resumable says so in one line.
+    """
+
+    def __init__(self) -> None:
+        self._rng: dict[str, Any] | None = None  # from the checkpoint, until training resumes
+        self._resuming = False
+        self._not_exact: str | None = None  # why this run's loader is not resumable, if it is not
+        self._wrapped: list[Any] = []  # the objects whose train_dataloader and val_dataloader are wrapped
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+
+        def training(loader: Any) -> Any:
+            self._not_exact = why_not_resumable(loader)
+            if self._not_exact is None and not isinstance(loader, _Stateful):
+                loader = resumable(loader, trainer)
+            if padding := padded_samples(loader, trainer.world_size):
+                say(
+                    f"Note: the {len(loader.dataset)} training samples do not split evenly across "
+                    f"{trainer.world_size} processes: DistributedSampler repeats {padding} of them each epoch to even "
+                    f"the shards (a number of samples divisible by {trainer.world_size} makes the run equal to one "
+                    "process's)",
+                    stderr=True,
+                )
+            return loader
+
+        def validation(loaders: Any) -> Any:
+            # A DataLoader draws its workers' base seed from the global torch RNG whenever it makes an iterator:
+            # the first validation of a resumed run would draw where the uninterrupted run did not (its iterator
+            # was made during the sanity check), and every random draw of training after it would differ.
+            for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+                if isinstance(loader, DataLoader) and loader.generator is None:
+                    loader.generator = torch.Generator().manual_seed(run_seed())
+            return loaders
+
+        self._wrapped = [self._wrap(trainer, pl_module, "train_dataloader", training)]
+        self._wrapped.append(self._wrap(trainer, pl_module, "val_dataloader", validation))
+
+    @staticmethod
+    def _wrap(trainer: L.Trainer, pl_module: L.LightningModule, name: str, convert: Callable[[Any], Any]) -> Any:
+        """Make ``name`` (``train_dataloader``, ...) of the data module, or else the model, return its loaders through
+        ``convert``, as an instance attribute (the class's own method is untouched); the object wrapped."""
+        datamodule = getattr(trainer, "datamodule", None)
+        source = datamodule if datamodule is not None and is_overridden(name, datamodule) else pl_module
+        original = getattr(source, name)
+        setattr(source, name, lambda: convert(original()))
+        return source
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for source, name in zip(self._wrapped, ("train_dataloader", "val_dataloader"), strict=False):
+            delattr(source, name)  # the class's own method again
+        self._wrapped = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            compat.forget_train_loader(trainer)  # set up again once the checkpoint's loop state is restored
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict.get("rng")
+        self._resuming = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._resuming and trainer.ckpt_path is None:
+            return
+        if self._rng is not None:
+            set_rng_states(self._rng)
+        why = self._not_exact or (None if self._rng is not None else "its checkpoint holds no RNG states")
+        if why is not None:
+            say(
+                f"Warning: this resumed run may not go on exactly as the uninterrupted run would: {why} "
+                "(README: Exact resume)",
+                stderr=True,
+            )
+        self._rng, self._resuming = None, False

@@ -1,0 +1,180 @@
+"""Exact resume for a standard DataLoader (litpoly.resume), interrupted at a chosen step, in this process.
+
+The digits problem reads files through a ``DataLoader(shuffle=True)`` with worker processes, draws dropout masks
+every step and sizes OneCycleLR with ``estimated_stepping_batches``: each of these alone makes a resumed run
+differ from the uninterrupted one in Lightning 2.6. Interrupted mid-epoch and on an epoch's last batch, with 0
+workers, persistent workers and workers made anew each epoch, the resumed run must end exactly where the
+uninterrupted run ends: weights, optimizer state and learning-rate schedule. (tests/run/test_resume.py sends real
+signals to real processes; here the interruption lands on the very step asked for.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from digits import DigitsDataModule
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset, WeightedRandomSampler
+
+from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, load_checkpoint, run_folder
+from litpoly import compat
+from litpoly.cli import cli_main
+from litpoly.loader import StepLoader
+from litpoly.resume import EpochSampler, ResumableLoader, why_not_resumable
+from test_resume import assert_same_optimizer_state
+
+PER_EPOCH = 24  # 1500 training images in batches of 64
+
+
+class InterruptAt(L.Callback):
+    """Ctrl-C, delivered to this process at the end of step ``step`` (the run stops after the next one)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def interrupted_fit(args: list[str], stop_after: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fit`` with ``args``, interrupted by Ctrl-C so that it stops after step ``stop_after``."""
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    with pytest.raises(SystemExit) as stopped:
+        cli_main([*args, "--trainer.enable_progress_bar", "false"], default_config=DEFAULT_CONFIG,
+                 callbacks=[InterruptAt(stop_after - 1)])  # fmt: skip  # not part of the run's config
+    assert stopped.value.code == 128 + signal.SIGINT
+
+
+def final_state(folder: Path) -> dict[str, Any]:
+    return load_checkpoint(folder / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2-persistent", "2-anew"])
+def test_interrupted_mid_epoch_and_on_an_epoch_boundary_then_resumed_is_bit_identical(
+    workers: str, run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count, _, kind = workers.partition("-")
+    args = [*DIGITS.select, "--trainer.max_epochs", "3", "--trainer.enable_model_summary", "false",
+            "--data.num_workers", count, "--data.persistent_workers", str(kind != "anew").lower()]  # fmt: skip
+    run_cli("fit", *args)
+    full = final_state(run_folder(tmp_path))
+    assert full["global_step"] == 3 * PER_EPOCH
+    for version, stop_after in ((1, PER_EPOCH + 5), (3, 2 * PER_EPOCH)):  # mid-epoch 1, and the last batch of epoch 1
+        interrupted_fit(["fit", *args], stop_after, monkeypatch)
+        assert final_state(run_folder(tmp_path, version))["global_step"] == stop_after
+        run_cli("fit", *args, "--ckpt_path", str(run_folder(tmp_path, version) / "checkpoints" / "last.ckpt"))
+        resumed = final_state(run_folder(tmp_path, version + 1))
+        assert resumed["global_step"] == full["global_step"]
+        assert_same_weights(resumed["state_dict"], full["state_dict"])  # bit for bit
+        assert_same_optimizer_state(resumed["optimizer_states"][0]["state"], full["optimizer_states"][0]["state"])
+        assert resumed["lr_schedulers"] == full["lr_schedulers"]
+
+
+def test_what_cannot_be_rebuilt_is_named() -> None:
+    data = list(range(10))
+    assert why_not_resumable(DataLoader(data, shuffle=True, num_workers=2)) is None
+    assert why_not_resumable(DataLoader(Subset(data, [1, 2]), batch_size=2)) is None
+    assert why_not_resumable(StepLoader(torch.zeros(4))) is None  # resumable by its own protocol
+
+    class Stream(IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return iter(data)
+
+    class MyLoader(DataLoader):  # type: ignore[type-arg]
+        pass
+
+    weighted = WeightedRandomSampler([1.0] * 10, 10)
+    assert why_not_resumable(DataLoader(Stream())) == (
+        "the training data is an IterableDataset, whose position only the dataset itself can save"
+    )
+    assert why_not_resumable(MyLoader(data)) == "the training loader is a DataLoader subclass (MyLoader)"
+    assert why_not_resumable(DataLoader(data, sampler=weighted)) == (
+        "the training loader has a sampler of its own (WeightedRandomSampler)"
+    )
+    assert why_not_resumable(DataLoader(data, sampler=RandomSampler(data, replacement=True))) == (
+        "the training loader has a sampler of its own (RandomSampler)"
+    )
+    assert why_not_resumable([torch.zeros(2)]) == "the training loader is a list, with no state_dict/load_state_dict"
+
+
+def test_the_order_is_distributed_samplers_and_two_processes_share_one_processs_batches() -> None:
+    """One process's batch of 2B is the two processes' batches of B together (the DDP equality's reason)."""
+    data = list(range(20))
+    one = list(EpochSampler(data, num_replicas=1, rank=0, shuffle=True, seed=7))
+    two = [list(EpochSampler(data, num_replicas=2, rank=r, shuffle=True, seed=7)) for r in (0, 1)]
+    assert sorted(one) == data
+    for batch in range(2):  # batches of 3 per process, of 6 on one
+        together = two[0][3 * batch : 3 * batch + 3] + two[1][3 * batch : 3 * batch + 3]
+        assert sorted(together) == sorted(one[6 * batch : 6 * batch + 6])
+
+
+def test_a_dataset_with_set_epoch_is_told_the_epoch_before_its_workers_copy_it() -> None:
+    class Epochs(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        epoch = -1
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> int:
+            return self.epoch  # what the worker's copy knows
+
+    dataset, epoch = Epochs(), [3]
+    sampler = EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    loader = ResumableLoader(dataset, epoch=lambda: epoch[0], batch_size=2, sampler=sampler, num_workers=1)
+    assert [b.tolist() for b in loader] == [[3, 3], [3, 3]]
+    epoch[0] = 4
+    assert [b.tolist() for b in loader] == [[4, 4], [4, 4]]
+
+
+class CustomSampler(DigitsDataModule):
+    """The digits, drawn by a sampler of the user's own (which the run layer cannot make resumable)."""
+
+    def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        assert self.train_set is not None
+        sampler = WeightedRandomSampler([1.0] * len(self.train_set), len(self.train_set))
+        return DataLoader(self.train_set, batch_size=64, sampler=sampler, num_workers=0)
+
+
+def test_a_resumed_run_that_cannot_be_exact_says_so(
+    run_cli: RunCLI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*DIGITS.select, "--data", f"{__name__}.CustomSampler", "--data.data_dir", DIGITS.select[-1],
+            "--trainer.max_steps", "6", "--trainer.enable_model_summary", "false"]  # fmt: skip
+    interrupted_fit(["fit", *args], 3, monkeypatch)
+    assert "Warning: this resumed run" not in capsys.readouterr().err
+    run_cli("fit", *args, "--ckpt_path", "last")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: this resumed")]
+    assert warnings == [
+        "Warning: this resumed run may not go on exactly as the uninterrupted run would: the training loader has a "
+        "sampler of its own (WeightedRandomSampler) (README: Exact resume)"
+    ]
+
+
+def test_lightning_still_has_the_loop_attributes_compat_resets(tmp_path: Path) -> None:
+    """litpoly.compat.forget_train_loader: `estimated_stepping_batches` sets up the training loader early (what makes
+    the reset necessary), and the reset makes the fit loop set it up again. Fails when an upgrade changes either."""
+    from conftest import TWOMOONS  # noqa: F401  # the two-moons classes are importable from tests/
+    from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    model, data = TwoMoonsClassifier(), TwoMoonsDataModule()
+    trainer.strategy.connect(model)
+    trainer._data_connector.attach_data(model, datamodule=data)
+    data.trainer = trainer
+    data.setup("fit")
+    assert trainer.fit_loop._combined_loader is None
+    assert trainer.estimated_stepping_batches == 7  # sets the loader up, through the fit loop
+    assert trainer.fit_loop._combined_loader is not None
+    assert compat.forget_train_loader(trainer) is True
+    assert trainer.fit_loop._combined_loader is None and trainer.fit_loop._data_fetcher is None
+    assert compat.forget_train_loader(trainer) is False
