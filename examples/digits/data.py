@@ -80,6 +80,8 @@ class DigitsDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.folder = Path(data_dir).expanduser()
+        self.val_size, self.batch_size, self.split_seed = val_size, batch_size, split_seed
+        self.num_workers, self.persistent_workers = num_workers, persistent_workers
         self.train_set: Subset[tuple[Tensor, Tensor]] | None = None
         self.held_out: Subset[tuple[Tensor, Tensor]] | None = None
 
@@ -89,22 +91,22 @@ class DigitsDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         files = DigitsFiles(self.folder)
-        val_size = self.hparams.val_size
+        val_size = self.val_size
         if val_size >= len(files):
             raise SettingError(f"Expected `data.val_size` below the {len(files)} samples, got {val_size}")
-        order = np.random.default_rng(self.hparams.split_seed).permutation(len(files)).tolist()
+        order = np.random.default_rng(self.split_seed).permutation(len(files)).tolist()
         self.held_out, self.train_set = Subset(files, order[:val_size]), Subset(files, order[val_size:])
 
     def _loader(self, dataset: Dataset[tuple[Tensor, Tensor]], batch_size: int, shuffle: bool) -> DataLoader:  # type: ignore[type-arg]
-        workers = self.hparams.num_workers
-        persistent = self.hparams.persistent_workers and workers > 0
+        workers = self.num_workers
+        persistent = self.persistent_workers and workers > 0
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=persistent
         )
 
     def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
         assert self.train_set is not None
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
         assert self.held_out is not None

@@ -33,6 +33,10 @@ class DigitsClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.lr, self.weight_decay = (
+            float(lr),
+            float(weight_decay),
+        )  # plain floats: the optimizer's state is checkpointed
         self.net = nn.Sequential(
             nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10)
         )
@@ -42,7 +46,8 @@ class DigitsClassifier(LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """The ten digits' logits for each image."""
-        return self.net(images)
+        logits: Tensor = self.net(images)
+        return logits
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         images, labels = batch
@@ -70,7 +75,7 @@ class DigitsClassifier(LightningModule):
         return {"target": labels, "prediction": probabilities.argmax(-1), "confidence": probabilities.amax(-1)}
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)  # sets up the training loader to count its batches
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

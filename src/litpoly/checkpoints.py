@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonargparse.typing
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -26,6 +27,19 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from litpoly.errors import SettingError
+
+#: jsonargparse's typed numbers (``lr: PositiveFloat`` in a model's ``__init__``, as the README recommends) are float
+#: and int subclasses: passed on as they are, to an optimizer say, they are pickled into the checkpoint by class.
+#: They hold a number and no code, so weights-only reads — ours and Lightning's — may load them.
+SAFE_TYPES = (
+    jsonargparse.typing.PositiveFloat,
+    jsonargparse.typing.PositiveInt,
+    jsonargparse.typing.NonNegativeFloat,
+    jsonargparse.typing.NonNegativeInt,
+    jsonargparse.typing.ClosedUnitInterval,
+    jsonargparse.typing.OpenUnitInterval,
+)
+torch.serialization.add_safe_globals(list(SAFE_TYPES))
 
 
 def last_checkpoints(logs: Path) -> list[Path]:

@@ -215,7 +215,7 @@ class ExactResume(L.Callback):
         self._rng: dict[str, Any] | None = None  # from the checkpoint, until training resumes
         self._resuming = False
         self._not_exact: str | None = None  # why this run's loader is not resumable, if it is not
-        self._wrapped: list[Any] = []  # the objects whose train_dataloader and val_dataloader are wrapped
+        self._wrapped: list[tuple[Any, str]] = []  # (object, method name) of each loader method wrapped
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -244,21 +244,23 @@ class ExactResume(L.Callback):
                     loader.generator = torch.Generator().manual_seed(run_seed())
             return loaders
 
-        self._wrapped = [self._wrap(trainer, pl_module, "train_dataloader", training)]
-        self._wrapped.append(self._wrap(trainer, pl_module, "val_dataloader", validation))
+        for name, convert in (("train_dataloader", training), ("val_dataloader", validation)):
+            self._wrap(trainer, pl_module, name, convert)
 
-    @staticmethod
-    def _wrap(trainer: L.Trainer, pl_module: L.LightningModule, name: str, convert: Callable[[Any], Any]) -> Any:
+    def _wrap(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, convert: Callable[[Any], Any]) -> None:
         """Make ``name`` (``train_dataloader``, ...) of the data module, or else the model, return its loaders through
-        ``convert``, as an instance attribute (the class's own method is untouched); the object wrapped."""
+        ``convert``, as an instance attribute (the class's own method is untouched). Nothing when neither defines
+        it: Lightning tells a defined loader by its being overridden, and a wrapper would look like one."""
         datamodule = getattr(trainer, "datamodule", None)
         source = datamodule if datamodule is not None and is_overridden(name, datamodule) else pl_module
+        if not is_overridden(name, source):
+            return
         original = getattr(source, name)
         setattr(source, name, lambda: convert(original()))
-        return source
+        self._wrapped.append((source, name))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for source, name in zip(self._wrapped, ("train_dataloader", "val_dataloader"), strict=False):
+        for source, name in self._wrapped:
             delattr(source, name)  # the class's own method again
         self._wrapped = []
 

@@ -92,3 +92,16 @@ def test_a_setting_the_weights_survive_is_a_warning_and_the_checkpoints_is_used(
         "settings with its weights."
     )
     assert cli.model.hparams[key] == saved
+
+
+def test_jsonargparse_typed_numbers_in_a_checkpoint_load_weights_only(tmp_path: Path) -> None:
+    """A model that hands its `lr: PositiveFloat` straight to its optimizer (the digits example does) checkpoints a
+    PositiveFloat; it holds a number and no code, so the weights-only read takes it (and nothing else new)."""
+    from jsonargparse.typing import PositiveFloat, PositiveInt
+
+    from litpoly.checkpoints import read_checkpoint
+
+    path = tmp_path / "typed.ckpt"
+    torch.save({"state_dict": {}, "optimizer_states": [{"lr": PositiveFloat(0.5), "n": PositiveInt(3)}]}, path)
+    state = read_checkpoint(path)["optimizer_states"][0]
+    assert state == {"lr": 0.5, "n": 3} and isinstance(state["lr"], PositiveFloat)

@@ -136,6 +136,34 @@ def test_a_dataset_with_set_epoch_is_told_the_epoch_before_its_workers_copy_it()
     assert [b.tolist() for b in loader] == [[4, 4], [4, 4]]
 
 
+class TrainingOnly(L.LightningDataModule):
+    """Digits with a training loader and no validation loader: nothing to wrap there."""
+
+    def __init__(self, data_dir: str) -> None:
+        super().__init__()
+        self.digits = DigitsDataModule(data_dir, num_workers=0)
+
+    def prepare_data(self) -> None:
+        self.digits.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.digits.setup(stage)
+
+    def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        return self.digits.train_dataloader()
+
+
+def test_a_data_module_without_a_validation_loader_trains_and_resumes(
+    run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--config", DIGITS.select[1], "--data", f"{__name__}.TrainingOnly", "--data.data_dir",
+            DIGITS.select[-1], "--best.monitor", "null", "--trainer.max_steps", "8",
+            "--trainer.enable_model_summary", "false"]  # fmt: skip
+    interrupted_fit(["fit", *args], 4, monkeypatch)
+    run_cli("fit", *args, "--ckpt_path", "last")
+    assert final_state(run_folder(tmp_path, 1))["global_step"] == 8
+
+
 class CustomSampler(DigitsDataModule):
     """The digits, drawn by a sampler of the user's own (which the run layer cannot make resumable)."""
 
