@@ -83,11 +83,14 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
         dataset, **kwargs: As for ``DataLoader``; ``sampler`` is an :class:`EpochSampler`.
         epoch: The epoch Lightning is in (read when an epoch's iterator is made, since workers fetch indices at
             once and Lightning calls ``set_epoch`` only after making the iterator).
+        limit: The batches an epoch trains on, of ``len(self)`` (``--trainer.limit_train_batches``).
     """
 
-    def __init__(self, dataset: Any, *, epoch: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: Any, *, epoch: Callable[[], int], limit: Callable[[int], int] = lambda n: n, **kwargs: Any
+    ) -> None:
         super().__init__(dataset, **kwargs)
-        self._epoch = epoch
+        self._epoch, self._limit = epoch, limit
         self._served = 0  # batches of the current epoch handed out (before a resume included)
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches served) from a checkpoint
 
@@ -120,7 +123,7 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
         """Go on from a checkpoint: the next batch is the one that would have come next (an epoch whose batches
         were all served goes on with the next epoch)."""
         epoch, served = int(state_dict["epoch"]), int(state_dict["served"])
-        self._resume_at = (epoch + 1, 0) if served >= len(self) else (epoch, served)
+        self._resume_at = (epoch + 1, 0) if served >= self._limit(len(self)) else (epoch, served)
 
 
 def why_not_resumable(loader: object) -> str | None:
@@ -134,7 +137,9 @@ def why_not_resumable(loader: object) -> str | None:
     if isinstance(loader.dataset, IterableDataset):
         return "the training data is an IterableDataset, whose position only the dataset itself can save"
     sampler = loader.sampler
-    plain_random = type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None
+    plain_random = (
+        type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(loader.dataset)  # type: ignore[arg-type]
+    )
     if not (plain_random or type(sampler) is SequentialSampler) or loader.batch_sampler is None:
         return f"the training loader has a sampler of its own ({type(sampler).__name__})"
     if type(loader.batch_sampler) is not BatchSampler:
@@ -152,6 +157,7 @@ def resumable(loader: DataLoader, trainer: L.Trainer) -> ResumableLoader:  # typ
         loader.dataset,
         # Epochs whose training batches all ran (Lightning's own `set_epoch` value): the epoch being trained.
         epoch=lambda: trainer.fit_loop.epoch_progress.current.processed,  # type: ignore[attr-defined]
+        limit=lambda batches: epoch_limit(batches, trainer.limit_train_batches),
         batch_size=loader.batch_size,
         sampler=sampler,
         num_workers=workers,
@@ -167,6 +173,19 @@ def resumable(loader: DataLoader, trainer: L.Trainer) -> ResumableLoader:  # typ
         pin_memory_device=loader.pin_memory_device,
         **({"in_order": loader.in_order} if hasattr(loader, "in_order") else {}),  # torch 2.6 and later
     )
+
+
+def epoch_limit(batches: int, limit: int | float | None) -> int:
+    """The batches of ``batches`` an epoch trains on under ``--trainer.limit_train_batches`` (Lightning's rule: a
+    count caps them, a fraction keeps that share).
+
+    Example:
+        >>> epoch_limit(24, 10), epoch_limit(24, 0.5), epoch_limit(24, 1.0), epoch_limit(24, None)
+        (10, 12, 24, 24)
+    """
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
 def padded_samples(loader: object, world_size: int) -> int:

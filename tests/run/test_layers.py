@@ -22,7 +22,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_run_layer_imports_nothing_from_the_example() -> None:
-    modules = sorted((REPO / "src" / "litpoly").glob("*.py"))
+    modules = sorted((REPO / "src" / "litpoly").rglob("*.py"))
     assert len(modules) >= 10
     for path in modules:
         example = {m for m in imported_modules(path) if m.split(".")[0] in ("sinefit", "twomoons")}

@@ -56,17 +56,20 @@ def final_state(folder: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["0", "2-persistent", "2-anew"])
+@pytest.mark.parametrize("workers", ["0", "2-persistent", "2-anew", "0-limited"])
 def test_interrupted_mid_epoch_and_on_an_epoch_boundary_then_resumed_is_bit_identical(
     workers: str, run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """ "limited": epochs cut to 10 batches by `--trainer.limit_train_batches`, which end before the loader does."""
     count, _, kind = workers.partition("-")
+    per_epoch = 10 if kind == "limited" else PER_EPOCH
     args = [*DIGITS.select, "--trainer.max_epochs", "3", "--trainer.enable_model_summary", "false",
-            "--data.num_workers", count, "--data.persistent_workers", str(kind != "anew").lower()]  # fmt: skip
+            "--data.num_workers", count, "--data.persistent_workers", str(kind != "anew").lower(),
+            "--trainer.limit_train_batches", str(per_epoch)]  # fmt: skip
     run_cli("fit", *args)
     full = final_state(run_folder(tmp_path))
-    assert full["global_step"] == 3 * PER_EPOCH
-    for version, stop_after in ((1, PER_EPOCH + 5), (3, 2 * PER_EPOCH)):  # mid-epoch 1, and the last batch of epoch 1
+    assert full["global_step"] == 3 * per_epoch
+    for version, stop_after in ((1, per_epoch + 5), (3, 2 * per_epoch)):  # mid-epoch 1, and the last batch of epoch 1
         interrupted_fit(["fit", *args], stop_after, monkeypatch)
         assert final_state(run_folder(tmp_path, version))["global_step"] == stop_after
         run_cli("fit", *args, "--ckpt_path", str(run_folder(tmp_path, version) / "checkpoints" / "last.ckpt"))
