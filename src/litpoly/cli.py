@@ -73,7 +73,7 @@ from litpoly.loggers import (
 )
 from litpoly.predictions import PredictionWriter
 from litpoly.profiler import NullProfiler
-from litpoly.resume import ExactResume
+from litpoly.resume import ExactResume, WeightsAsSaved
 
 #: Defaults for every run's Trainer; a config or a flag overrides them.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -399,6 +399,7 @@ class LitCLI(LightningCLI):
             # A bar redrawn in place on a terminal; whole lines in a file or a pipe, which keep every frame.
             defaults.append(TimedProgressBar() if sys.stdout.isatty() else LineProgress())
         defaults.append(RunReport())
+        defaults.append(WeightsAsSaved())
         if self.subcommand == "fit":
             defaults.append(subconfig.guard)
             defaults.append(ExactResume())

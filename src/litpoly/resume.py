@@ -22,6 +22,9 @@ An interrupted run resumed from its checkpoint must end exactly where the uninte
 - The checkpoint records the global RNG states (torch, CUDA, numpy, ``random``), restored when training resumes,
   so dropout and other random draws in the training step go on as they would have.
 
+:class:`WeightsAsSaved` (on every subcommand) gives a model restored from a checkpoint the weights the checkpoint
+holds, where Lightning would round them through float32 first (a ``64-true`` run).
+
 What it cannot rebuild it leaves alone and says so, in one line at the start of a resumed run: an
 ``IterableDataset``, a sampler or batch sampler of the user's own, a ``DataLoader`` subclass. (A loader that
 already has ``state_dict``/``load_state_dict``, like :class:`~litpoly.loader.StepLoader` or torchdata's
@@ -47,6 +50,7 @@ from torch.utils.data import (
     IterableDataset,
     RandomSampler,
     SequentialSampler,
+    Subset,
 )
 
 from litpoly import compat
@@ -101,7 +105,7 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
         self._resume_at = None
         sampler.set_epoch(epoch)
         sampler.start = served * (self.batch_size or 1)
-        if callable(set_dataset_epoch := getattr(self.dataset, "set_epoch", None)):
+        if (set_dataset_epoch := dataset_set_epoch(self.dataset)) is not None:
             set_dataset_epoch(epoch)  # before workers copy the dataset: for random draws seeded by the epoch
         if self.generator is not None:  # the workers' seeds: the run's seed and the epoch, whatever ran before
             self.generator.manual_seed(sampler.seed + epoch)
@@ -124,6 +128,14 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
         were all served goes on with the next epoch)."""
         epoch, served = int(state_dict["epoch"]), int(state_dict["served"])
         self._resume_at = (epoch + 1, 0) if served >= self._limit(len(self)) else (epoch, served)
+
+
+def dataset_set_epoch(dataset: Any) -> Callable[[int], None] | None:
+    """The ``set_epoch`` method of ``dataset``, or of the dataset a ``Subset`` (of a ``Subset``...) of it draws from."""
+    while not callable(getattr(dataset, "set_epoch", None)) and isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    method = getattr(dataset, "set_epoch", None)
+    return method if callable(method) else None
 
 
 def why_not_resumable(loader: object) -> str | None:
@@ -244,6 +256,13 @@ class ExactResume(L.Callback):
             self._not_exact = why_not_resumable(loader)
             if self._not_exact is None and not isinstance(loader, _Stateful):
                 loader = resumable(loader, trainer)
+            if getattr(loader, "persistent_workers", False) and dataset_set_epoch(loader.dataset) is not None:
+                self._not_exact = "its dataset has set_epoch, which persistent workers never see after the first epoch"
+                say(
+                    "Warning: the training dataset has set_epoch, but its persistent workers keep the copy they made "
+                    "in the run's first epoch and never see another epoch: set persistent_workers=False",
+                    stderr=True,
+                )
             if padding := padded_samples(loader, trainer.world_size):
                 say(
                     f"Note: the {len(loader.dataset)} training samples do not split evenly across "
@@ -307,3 +326,44 @@ class ExactResume(L.Callback):
                 stderr=True,
             )
         self._rng, self._resuming = None, False
+
+
+class WeightsAsSaved(L.Callback):
+    """Gives a model restored from a checkpoint the very weights the checkpoint holds, in any precision.
+
+    Lightning 2.6 loads a checkpoint's weights into the model as it was made (float32) and converts the model to the
+    run's precision afterwards: a ``64-true`` run resumed, validated or tested from its own float64 checkpoint goes
+    on from weights rounded to float32 and back. Once the model has its precision, the saved weights are loaded
+    again wherever they differ from what the model holds in the same dtype. (A narrower run, ``bf16-true`` from a
+    float32 checkpoint, rounds them on purpose; its dtypes differ and nothing is reloaded.)
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[str, Any] | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._saved = checkpoint.get("state_dict")
+
+    def _load_as_saved(self, pl_module: L.LightningModule) -> None:
+        saved, self._saved = self._saved, None
+        if not saved:
+            return
+        current = pl_module.state_dict()
+        if any(
+            key in current and torch.is_tensor(value) and value.dtype == current[key].dtype
+            and not torch.equal(value.to(current[key].device), current[key])
+            for key, value in saved.items()
+        ):  # fmt: skip
+            pl_module.load_state_dict(saved)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._load_as_saved(pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._load_as_saved(pl_module)  # `validate` (in `fit`, on_fit_start has taken them)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._load_as_saved(pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._load_as_saved(pl_module)

@@ -18,10 +18,10 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from digits import DigitsDataModule
+from digits import DigitsDataModule, DigitsFiles
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset, WeightedRandomSampler
 
-from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, load_checkpoint, run_folder
+from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
 from litpoly import compat
 from litpoly.cli import cli_main
 from litpoly.loader import StepLoader
@@ -131,12 +131,58 @@ def test_a_dataset_with_set_epoch_is_told_the_epoch_before_its_workers_copy_it()
         def __getitem__(self, index: int) -> int:
             return self.epoch  # what the worker's copy knows
 
-    dataset, epoch = Epochs(), [3]
+    epoch = [3]
+    dataset = Subset(Subset(Epochs(), [0, 1, 2, 3]), [0, 1, 2, 3])  # a split of a split: told all the same
     sampler = EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
     loader = ResumableLoader(dataset, epoch=lambda: epoch[0], batch_size=2, sampler=sampler, num_workers=1)
     assert [b.tolist() for b in loader] == [[3, 3], [3, 3]]
     epoch[0] = 4
     assert [b.tolist() for b in loader] == [[4, 4], [4, 4]]
+
+
+class EpochFiles(DigitsFiles):
+    """Digits with a `set_epoch`, as a dataset that seeds its augmentation by the epoch has."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class EpochDigits(DigitsDataModule):
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        assert self.train_set is not None
+        self.train_set.dataset = EpochFiles(self.folder)
+
+
+def test_set_epoch_with_persistent_workers_is_said(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*DIGITS.select, "--data", f"{__name__}.EpochDigits", "--data.data_dir", DIGITS.select[-1],
+            "--data.num_workers", "1", "--trainer.max_steps", "2",
+            "--trainer.enable_model_summary", "false"]  # fmt: skip
+    run_cli("fit", *args)
+    said = [line for line in capsys.readouterr().err.splitlines() if "set_epoch" in line]
+    assert said == [
+        "Warning: the training dataset has set_epoch, but its persistent workers keep the copy they made in the run's "
+        "first epoch and never see another epoch: set persistent_workers=False"
+    ]
+    run_cli("fit", *args, "--data.persistent_workers", "false")
+    assert "set_epoch" not in capsys.readouterr().err
+
+
+def test_float64_runs_resume_and_evaluate_on_the_float64_weights_saved(run_cli: RunCLI, tmp_path: Path) -> None:
+    """Lightning loads a checkpoint into the float32 model it makes, then converts the model to float64: the run
+    layer loads the saved weights again once the model is float64 (litpoly.resume.WeightsAsSaved)."""
+    args = [*DIGITS.select, "--trainer.precision", "64-true", "--trainer.max_steps", "5", "--data.num_workers", "0",
+            "--trainer.enable_model_summary", "false"]  # fmt: skip
+    run_cli("fit", *args)
+    saved = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
+    run_cli("fit", *args, "--ckpt_path", str(saved))  # nothing left to train: it saves what it restored
+    restored = final_state(run_folder(tmp_path, 1))
+    assert restored["global_step"] == 5
+    assert_same_weights(restored["state_dict"], load_checkpoint(saved)["state_dict"])  # bit for bit
+    cli = run_cli("validate", *args, "--ckpt_path", str(saved))
+    x, y = held_out(cli.trainer.val_dataloaders)
+    expected = DIGITS.witness(load_checkpoint(saved)["state_dict"], x, y)  # numpy, in float64
+    assert cli.trainer.callback_metrics["val/loss"].item() == pytest.approx(expected["loss"], rel=1e-13)
 
 
 class TrainingOnly(L.LightningDataModule):
