@@ -200,12 +200,28 @@ def epoch_limit(batches: int, limit: int | float | None) -> int:
     return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
-def padded_samples(loader: object, world_size: int) -> int:
-    """How many samples ``DistributedSampler`` repeats to give ``world_size`` processes equal shards."""
+def uneven_split(loader: object, world_size: int) -> str | None:
+    """The note for a training set ``DistributedSampler`` cannot split evenly across ``world_size`` processes (it
+    repeats samples to even the shards), or ``None``.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> uneven_split(DataLoader(range(1499)), 2)[:80]
+        'Note: the 1499 training samples do not split evenly across 2 processes: Distribu'
+        >>> uneven_split(DataLoader(range(1500)), 2), uneven_split(DataLoader(range(1499)), 1)
+        (None, None)
+    """
     dataset = getattr(loader, "dataset", None)
     if world_size == 1 or not isinstance(dataset, Sized) or isinstance(dataset, IterableDataset):
-        return 0
-    return -len(dataset) % world_size
+        return None
+    padding = -len(dataset) % world_size
+    if not padding:
+        return None
+    return (
+        f"Note: the {len(dataset)} training samples do not split evenly across {world_size} processes: "
+        f"DistributedSampler repeats {padding} of them each epoch to even the shards (a number of samples divisible "
+        f"by {world_size} makes the run equal to one process's)"
+    )
 
 
 def rng_states() -> dict[str, Any]:
@@ -263,14 +279,8 @@ class ExactResume(L.Callback):
                     "in the run's first epoch and never see another epoch: set persistent_workers=False",
                     stderr=True,
                 )
-            if padding := padded_samples(loader, trainer.world_size):
-                say(
-                    f"Note: the {len(loader.dataset)} training samples do not split evenly across "
-                    f"{trainer.world_size} processes: DistributedSampler repeats {padding} of them each epoch to even "
-                    f"the shards (a number of samples divisible by {trainer.world_size} makes the run equal to one "
-                    "process's)",
-                    stderr=True,
-                )
+            if (note := uneven_split(loader, trainer.world_size)) is not None:
+                say(note, stderr=True)
             return loader
 
         def validation(loaders: Any) -> Any:

@@ -87,19 +87,3 @@ def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path) -> None
     checkpoint = load_checkpoint(run_folder(tmp_path) / "checkpoints" / "last.ckpt")
     assert 99 < checkpoint["global_step"] < 200000
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
-
-
-@pytest.mark.slow
-def test_a_dataloader_whose_samples_do_not_split_evenly_is_said_before_training(tmp_path: Path) -> None:
-    """1499 training images on 2 processes: DistributedSampler repeats one to even the shards, and the run says so."""
-    digits = next(p for p in PROBLEMS if p.name == "digits")
-    result = run_train(tmp_path, "fit", *digits.select, "--data.val_size", "298", "--trainer.max_steps", "2", *DDP,
-                       "--trainer.enable_model_summary", "false", timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    notes = [line for line in result.stderr.splitlines() if line.startswith("Note: the")]
-    assert notes == [
-        "Note: the 1499 training samples do not split evenly across 2 processes: DistributedSampler repeats 1 of "
-        "them each epoch to even the shards (a number of samples divisible by 2 makes the run equal to one "
-        "process's)"
-    ]
-    assert result.stderr.index(notes[0]) < result.stdout.index("Run folder:") or "Run folder:" in result.stdout

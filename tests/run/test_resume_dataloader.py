@@ -13,19 +13,20 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from digits import DigitsDataModule, DigitsFiles
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset, WeightedRandomSampler
 
 from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
+from digits import DigitsDataModule, DigitsFiles
 from litpoly import compat
 from litpoly.cli import cli_main
 from litpoly.loader import StepLoader
-from litpoly.resume import EpochSampler, ResumableLoader, why_not_resumable
+from litpoly.resume import EpochSampler, ExactResume, ResumableLoader, why_not_resumable
 from test_resume import assert_same_optimizer_state
 
 PER_EPOCH = 24  # 1500 training images in batches of 64
@@ -56,20 +57,21 @@ def final_state(folder: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["0", "2-persistent", "2-anew", "0-limited"])
+@pytest.mark.parametrize("workers", ["0", "2-persistent", "2-anew-limited"])
 def test_interrupted_mid_epoch_and_on_an_epoch_boundary_then_resumed_is_bit_identical(
     workers: str, run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ "limited": epochs cut to 10 batches by `--trainer.limit_train_batches`, which end before the loader does."""
-    count, _, kind = workers.partition("-")
-    per_epoch = 10 if kind == "limited" else PER_EPOCH
-    args = [*DIGITS.select, "--trainer.max_epochs", "3", "--trainer.enable_model_summary", "false",
-            "--data.num_workers", count, "--data.persistent_workers", str(kind != "anew").lower(),
+    """0 or 2 workers, persistent or made anew each epoch; "limited": epochs cut to 10 batches by
+    `--trainer.limit_train_batches`, which end before the loader does."""
+    count, *kind = workers.split("-")
+    per_epoch = 10 if "limited" in kind else PER_EPOCH
+    args = [*DIGITS.select, "--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
+            "--data.num_workers", count, "--data.persistent_workers", str("anew" not in kind).lower(),
             "--trainer.limit_train_batches", str(per_epoch)]  # fmt: skip
     run_cli("fit", *args)
     full = final_state(run_folder(tmp_path))
-    assert full["global_step"] == 3 * per_epoch
-    for version, stop_after in ((1, per_epoch + 5), (3, 2 * per_epoch)):  # mid-epoch 1, and the last batch of epoch 1
+    assert full["global_step"] == 2 * per_epoch
+    for version, stop_after in ((1, per_epoch), (3, per_epoch + 5)):  # the last batch of epoch 0, mid-epoch 1
         interrupted_fit(["fit", *args], stop_after, monkeypatch)
         assert final_state(run_folder(tmp_path, version))["global_step"] == stop_after
         run_cli("fit", *args, "--ckpt_path", str(run_folder(tmp_path, version) / "checkpoints" / "last.ckpt"))
@@ -183,6 +185,27 @@ def test_float64_runs_resume_and_evaluate_on_the_float64_weights_saved(run_cli: 
     x, y = held_out(cli.trainer.val_dataloaders)
     expected = DIGITS.witness(load_checkpoint(saved)["state_dict"], x, y)  # numpy, in float64
     assert cli.trainer.callback_metrics["val/loss"].item() == pytest.approx(expected["loss"], rel=1e-13)
+
+
+def test_a_training_set_that_does_not_split_evenly_across_processes_is_said(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1499 training images on 2 processes: DistributedSampler repeats one to even the shards; the data module's
+    loader, as the run layer gets it under DDP (rank 0 of 2), is said in one line before training."""
+    data = DigitsDataModule(DIGITS.select[-1], val_size=298, num_workers=0)
+    data.prepare_data()
+    data.setup("fit")
+    trainer = SimpleNamespace(world_size=2, global_rank=0, datamodule=data, limit_train_batches=1.0)
+    callback = ExactResume()
+    callback.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    loader = data.train_dataloader()
+    callback.teardown(trainer, None, "fit")  # type: ignore[arg-type]
+    assert isinstance(loader, ResumableLoader) and len(loader.sampler) == 750  # type: ignore[arg-type]
+    assert capsys.readouterr().err.splitlines() == [
+        "Note: the 1499 training samples do not split evenly across 2 processes: DistributedSampler repeats 1 of "
+        "them each epoch to even the shards (a number of samples divisible by 2 makes the run equal to one "
+        "process's)"
+    ]
 
 
 class TrainingOnly(L.LightningDataModule):
