@@ -18,11 +18,11 @@ command that does (``--model``/``--data``, or a ``--config`` file with a ``class
 from those classes' own defaults and the Trainer's, not from the default run's settings.
 
 What the run layer adds to every run, for any model: the console lines (``--console.*``), divergence and
-signal handling (``--guard.*``, :class:`~litpoly.guard.RunGuard`), periodic and final checkpoints written
-atomically (``--checkpoint.*``), a cheaper progress bar, logger and profiler, the hyperparameters and config
-in TensorBoard (and CSV and MLflow, ``--config configs/loggers/*.yaml``: the loggers a config lists by class are
-put in the run folder, see :func:`~litpoly.loggers.place_loggers`), a CSV of predictions, and one-line errors for
-bad settings and checkpoints.
+signal handling (``--guard.*``, :class:`~litpoly.guard.RunGuard`), exact resume for a standard training DataLoader
+(:class:`~litpoly.resume.ExactResume`), periodic and final checkpoints written atomically (``--checkpoint.*``),
+a cheaper progress bar, logger and profiler, the hyperparameters and config in TensorBoard (and CSV and MLflow,
+``--config configs/loggers/*.yaml``: the loggers a config lists by class are put in the run folder, see
+:func:`~litpoly.loggers.place_loggers`), a CSV of predictions, and one-line errors for bad settings and checkpoints.
 """
 
 from __future__ import annotations
@@ -376,9 +376,10 @@ class LitCLI(LightningCLI):
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
           nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
-        - ``RunReport`` (hyperparameters, config); for ``fit``, ``RunGuard`` (``--guard.*``), the best checkpoint
-          (``--best.monitor``) and early stopping (``--early_stopping.patience``); ``PredictionWriter`` for
-          ``predict``.
+        - ``RunReport`` (hyperparameters, config) and ``WeightsAsSaved`` (a checkpoint's weights in the run's
+          precision); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
+          resumable, the RNG states in every checkpoint), the best checkpoint (``--best.monitor``) and early
+          stopping (``--early_stopping.patience``); ``PredictionWriter`` for ``predict``.
 
         Added here rather than in ``trainer_defaults`` (which always applies) so that
         ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false``,
