@@ -263,6 +263,7 @@ class ExactResume(L.Callback):
         self._resuming = False
         self._not_exact: str | None = None  # why this run's loader is not resumable, if it is not
         self._wrapped: list[tuple[Any, str]] = []  # (object, method name) of each loader method wrapped
+        self._said: set[str] = set()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -274,13 +275,12 @@ class ExactResume(L.Callback):
                 loader = resumable(loader, trainer)
             if getattr(loader, "persistent_workers", False) and dataset_set_epoch(loader.dataset) is not None:
                 self._not_exact = "its dataset has set_epoch, which persistent workers never see after the first epoch"
-                say(
+                self._say_once(
                     "Warning: the training dataset has set_epoch, but its persistent workers keep the copy they made "
-                    "in the run's first epoch and never see another epoch: set persistent_workers=False",
-                    stderr=True,
+                    "in the run's first epoch and never see another epoch: set persistent_workers=False"
                 )
             if (note := uneven_split(loader, trainer.world_size)) is not None:
-                say(note, stderr=True)
+                self._say_once(note)
             return loader
 
         def validation(loaders: Any) -> Any:
@@ -294,6 +294,12 @@ class ExactResume(L.Callback):
 
         for name, convert in (("train_dataloader", training), ("val_dataloader", validation)):
             self._wrap(trainer, pl_module, name, convert)
+
+    def _say_once(self, message: str) -> None:
+        """Say ``message`` on stderr once a run (a resumed run asks for its training loader twice: on_fit_start)."""
+        if message not in self._said:
+            self._said.add(message)
+            say(message, stderr=True)
 
     def _wrap(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str, convert: Callable[[Any], Any]) -> None:
         """Make ``name`` (``train_dataloader``, ...) of the data module, or else the model, return its loaders through
