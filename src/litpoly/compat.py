@@ -1,7 +1,7 @@
 """The one place the run layer reaches into a private of Lightning's, each with the reason and a test.
 
-``tests/run/test_compat.py`` fails when a Lightning upgrade changes what a function here relies on, so an
-upgrade breaks a test here, not a user's run somewhere else.
+``test_lightning_still_has_the_loop_attributes_compat_resets`` (in tests/run/test_resume_dataloader.py) fails when
+a Lightning upgrade changes what a function here relies on: the upgrade breaks a test, not a user's run.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ signals to real processes; here the interruption lands on the very step asked fo
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,23 +23,13 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset,
 from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
 from digits import DigitsDataModule, DigitsFiles
 from litpoly import compat
+from litpoly.check.runs import InterruptAt
 from litpoly.cli import cli_main
 from litpoly.loader import StepLoader
 from litpoly.resume import EpochSampler, ExactResume, ResumableLoader, why_not_resumable
 from test_resume import assert_same_optimizer_state
 
 PER_EPOCH = 24  # 1500 training images in batches of 64
-
-
-class InterruptAt(L.Callback):
-    """Ctrl-C, delivered to this process at the end of step ``step`` (the run stops after the next one)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def interrupted_fit(args: list[str], stop_after: int, monkeypatch: pytest.MonkeyPatch) -> None:
