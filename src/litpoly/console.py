@@ -33,6 +33,17 @@ def say(message: object, stderr: bool = False) -> None:
     tqdm.write(str(message), file=sys.stderr if stderr else sys.stdout)
 
 
+def without_password(url: str) -> str:
+    """``url`` without the user and password before its ``@`` (a storage or tracking URL, to print or to save).
+
+    Example:
+        >>> without_password("postgresql://sweeper:secret@127.0.0.1/db"), without_password("sqlite:///study.db")
+        ('postgresql://…@127.0.0.1/db', 'sqlite:///study.db')
+    """
+    head, sep, tail = url.rpartition("@")
+    return url if not sep else head.split("://")[0] + "://…@" + tail
+
+
 def step_loss(outputs: Any) -> Tensor | None:
     """The loss of a training step, read as Lightning reads ``training_step``'s return value.
 

@@ -48,6 +48,7 @@ import torch
 import yaml
 
 from litpoly.cli import cli_main, fail
+from litpoly.console import without_password
 from litpoly.loggers import RUN_VERSION, environ
 
 #: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
@@ -405,7 +406,7 @@ def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
                 time.sleep(0.5)
                 continue
             reason = " ".join(str(error).split("\n(Background")[0].split())
-            raise ValueError(f"cannot open the study's storage {_safe(url)}: {reason[:300]}") from None
+            raise ValueError(f"cannot open the study's storage {without_password(url)}: {reason[:300]}") from None
 
 
 def _created_elsewhere(error: Exception) -> bool:
@@ -415,12 +416,6 @@ def _created_elsewhere(error: Exception) -> bool:
     from sqlalchemy.exc import IntegrityError
 
     return isinstance(error, IntegrityError) or "already exists" in str(error)
-
-
-def _safe(url: str) -> str:
-    """A storage URL without its password."""
-    head, sep, tail = url.rpartition("@")
-    return url if not sep else head.split("://")[0] + "://…@" + tail
 
 
 def counts(trials: list[Any]) -> Counter[str]:
@@ -618,7 +613,8 @@ def sweep(
     setup = Setup(space, url, folder, default_config, shared=storage is not None, grace_s=grace_period)
     before = counts(study.get_trials(deepcopy=False))
     done = sum(before[s] for s in FINISHED)
-    print(f"Study {space.name!r} in {_safe(url)}: {done} of {space.trials} trials finished; {workers} worker(s).")
+    shown = without_password(url)
+    print(f"Study {space.name!r} in {shown}: {done} of {space.trials} trials finished; {workers} worker(s).")
     print(f"Trials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})", flush=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // workers)  # the cores this process may use (a SLURM allocation, a cgroup), shared

@@ -137,3 +137,17 @@ def test_help_lists_the_checks_flags_and_where_the_others_go(capsys: pytest.Capt
     out = " ".join(capsys.readouterr().out.split())
     assert "--only" in out and "--steps" in out and "--epochs" in out and "--overfit_steps" in out
     assert "python scripts/train.py fit --help" in out
+
+
+def test_a_password_in_the_command_reaches_no_file(check: tuple[Path, Path]) -> None:
+    """The report records the command, with a tracking URL's credentials taken out (the check's own runs log
+    nowhere: their logger is off)."""
+    root, _ = check
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.MLFlowLogger",
+              "--trainer.logger.tracking_uri", "http://alice:s3cret@127.0.0.1:1"]  # fmt: skip
+    assert main([*TWOMOONS, "--only", "checkpoint", *logger], TRAIN, DEFAULT_CONFIG) == 0
+    _, saved = report(root)
+    files = [path for path in root.rglob("*") if path.is_file()]
+    assert files and not [path for path in files if b"s3cret" in path.read_bytes()]
+    command = json.loads(next(root.glob("lightning_logs/check_*/report.json")).read_text())["command"]
+    assert "http://…@127.0.0.1:1" in command and saved["checkpoint"]["status"] == "PASS"

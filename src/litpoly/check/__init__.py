@@ -47,6 +47,7 @@ from litpoly.check.properties import Reference
 from litpoly.check.report import Row, one_line, report_folder, summary, table, write_report
 from litpoly.check.runs import CheckError, Runner, Watch, last_checkpoint, output_to
 from litpoly.cli import cli_main
+from litpoly.console import without_password
 
 #: The properties, in the order the table shows them, and what each one compares.
 SAID = {
@@ -230,7 +231,8 @@ def check(argv: list[str], train_script: Path, default_config: Path | None) -> i
     root = Path(str((config.get("trainer") or {}).get("default_root_dir") or os.getcwd())).expanduser()
     report = report_folder(root / "lightning_logs")
     seconds = time.perf_counter() - started
-    facts = {"command": ["scripts/check.py", *argv], "model": model, "data": data, "runs": length,
+    command = [without_password(arg) if "://" in arg else arg for arg in argv]  # a tracking URL's credentials
+    facts = {"command": ["scripts/check.py", *command], "model": model, "data": data, "runs": length,
              "steps": reference.steps, "seconds": round(seconds, 1), "summary": summary(rows),
              "versions": {"python": platform.python_version(), "torch": torch.__version__,
                           "lightning": L.__version__}}  # fmt: skip
