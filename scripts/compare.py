@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from jsonargparse import auto_cli
 
-from litpoly.cli import DEFAULT_SEED, quiet_irrelevant_messages
+from litpoly.cli import DEFAULT_SEED
+from litpoly.compat import quiet_irrelevant_messages
 from litpoly.console import step_loss
 from sinefit import PolynomialRegressor, SineDataModule, reference
 from sinefit.baselines import Curve, autograd_loop, nn_loop

@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 from jsonargparse import auto_cli
 
-from litpoly.checkpoints import resolve_checkpoint
 from litpoly.export import export
+from litpoly.runs import resolve_checkpoint
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

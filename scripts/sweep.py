@@ -16,8 +16,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError, auto_cli
 
-from litpoly.cli import fail
-from litpoly.sweep import sweep
+from litpoly.sweep import fail, sweep
 
 #: The project's default run, as train.py uses it: the base of a space whose args name no model or data class.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"

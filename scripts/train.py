@@ -8,12 +8,7 @@ Examples::
     python scripts/train.py fit --help                           # every setting, with its default
 """
 
-from pathlib import Path
-
-from litpoly.cli import cli_main
-
-#: The project's default run: the base of every command that names no model or data class of its own.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from litpoly.cli import main
 
 if __name__ == "__main__":
-    cli_main(default_config=DEFAULT_CONFIG)
+    main()

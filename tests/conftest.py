@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from litpoly.cli import LitCLI, cli_main
+from litpoly.cli import DEFAULT_CONFIG, main
+from litpoly.cli.litcli import LitCLI
 
 # One thread per process, in the tests and in every process they start: pytest-xdist already runs a worker per
 # core, and torch's own threads on top would oversubscribe the cores (waiting OpenMP threads spin), which costs
@@ -32,7 +33,6 @@ if os.environ.setdefault("OMP_NUM_THREADS", "1").isdigit():
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
-DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 TRAIN = REPO / "scripts" / "train.py"
 DIGITS_DATA = Path(tempfile.gettempdir()) / "litpoly-tests" / "digits"
 
@@ -186,14 +186,14 @@ def problem(request: pytest.FixtureRequest) -> Problem:
 
 @pytest.fixture
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunCLI:
-    """Call ``cli_main`` as ``scripts/train.py`` does, from inside ``tmp_path`` (so ``lightning_logs/`` lands
-    there), without a progress bar."""
+    """Call :func:`litpoly.cli.main` as ``scripts/train.py`` does, from inside ``tmp_path`` (so ``lightning_logs/``
+    lands there), without a progress bar."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py"])  # LightningCLI warns when pytest's own argv is there too
 
     def run(*args: str, progress_bar: bool = False) -> LitCLI:
         flags = [] if progress_bar else ["--trainer.enable_progress_bar", "false"]
-        return cli_main([*args, *flags], default_config=DEFAULT_CONFIG)
+        return main([*args, *flags], DEFAULT_CONFIG)
 
     return run
 

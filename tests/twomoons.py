@@ -20,7 +20,7 @@ from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from torchmetrics.classification import BinaryAccuracy
 
-from litpoly.loader import StepLoader, on_device, shard
+from litpoly.data.step_loader import StepLoader, on_device, shard
 
 Batch = tuple[Tensor, Tensor]
 

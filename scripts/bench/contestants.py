@@ -33,8 +33,11 @@ import lightning as L
 import torch
 
 from bench.clock import LoopClock, StepClock
-from litpoly.cli import DEFAULT_SEED, cli_main, quiet_irrelevant_messages
-from litpoly.profiler import NullProfiler
+from litpoly.cli import DEFAULT_CONFIG, DEFAULT_SEED
+from litpoly.cli import run as cli_main
+from litpoly.compat import quiet_irrelevant_messages
+from litpoly.errors import RunError
+from litpoly.plugins import NullProfiler
 from sinefit import PolynomialRegressor, SineDataModule
 from sinefit.baselines import nn_loop
 from sinefit.model import DEFAULT_LR
@@ -138,9 +141,9 @@ def _litpoly(spec: Spec, root: str) -> StepClock:
     # LightningCLI warns when sys.argv holds other flags besides `args`, hence the plain argv.
     with mock.patch.object(sys, "argv", ["train.py"]):
         try:
-            cli = cli_main(args, default_config=REPO / "configs" / "default.yaml")
-        except SystemExit as stop:  # a bad setting or a diverged run: a benchmark bug
-            raise RuntimeError(f"litpoly {' '.join(args)} exited with status {stop.code}") from None
+            cli = cli_main(args, default_config=DEFAULT_CONFIG)
+        except RunError as stop:  # a bad setting or a diverged run: a benchmark bug
+            raise RuntimeError(f"litpoly {' '.join(args)} exited with status {stop.exit_code}") from None
     return next(c for c in cli.trainer.callbacks if isinstance(c, StepClock))  # type: ignore[attr-defined]
 
 

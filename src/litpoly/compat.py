@@ -1,12 +1,36 @@
-"""The one place the run layer reaches into a private of Lightning's, each with the reason and a test.
-
-``test_lightning_still_has_the_loop_attributes_compat_resets`` (in tests/run/test_resume_dataloader.py) fails when
-a Lightning upgrade changes what a function here relies on: the upgrade breaks a test, not a user's run.
+"""Every place the run layer relies on something Lightning or jsonargparse does not promise: a private attribute, an
+internal class, the text of a message. Each comes with the reason, and a test in ``tests/run/test_compat.py`` that
+fails when an upgrade changes it: an upgrade breaks a test, not a user's run.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
+import re
+import textwrap
+import warnings
+from typing import Any
+
 import lightning as L
+from lightning.fabric.utilities.types import _Stateful as Stateful
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+__all__ = [
+    "LitTrainer",
+    "Stateful",
+    "Tqdm",
+    "checkpoint_schedule",
+    "forget_train_loader",
+    "innermost",
+    "parse_error_line",
+    "quiet_irrelevant_messages",
+]
+
+# -- Lightning's privates ------------------------------------------------------------------------------------------
 
 
 def forget_train_loader(trainer: L.Trainer) -> bool:
@@ -27,3 +51,114 @@ def forget_train_loader(trainer: L.Trainer) -> bool:
         loop._data_fetcher = None
     loop._combined_loader = None
     return True
+
+
+def checkpoint_schedule(callback: ModelCheckpoint) -> tuple[int, object | None]:
+    """``ModelCheckpoint``'s ``every_n_train_steps`` and ``train_time_interval`` as it decided them.
+
+    Why: its hook after every training step works out at some length whether to save; a callback that knows the
+    step is no multiple of the one and there is no other returns at once. The values are read, not copied from
+    the arguments, so that they stay whatever ``ModelCheckpoint`` makes of its arguments.
+    """
+    return callback._every_n_train_steps, callback._train_time_interval
+
+
+# -- message texts and jsonargparse's error structure ---------------------------------------------------------------
+
+
+def quiet_irrelevant_messages() -> None:
+    """Silence Lightning messages that say nothing about a run, so the ones that do stand out."""
+    for message in (
+        # Lightning 2.6 calls a torch API that torch 2.9+ deprecates; nothing a user can act on.
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        # validate/test/predict restore a checkpoint's callback state into a new run folder; nothing is saved there.
+        r"The dirpath has changed from",
+        # Loaders that are plain iterables; the prediction writer does not use batch indices.
+        r"Couldn't infer the batch indices",
+        # CSVLogger finds the run folder made by the logger before it (configs/loggers/): where it belongs.
+        r"Experiment logs directory .* exists and is not empty",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    # addFilter ignores a filter it already has, so calling this again (tests do) adds nothing.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_advertising)
+    logging.getLogger("lightning.fabric.utilities.seed").addFilter(_not_seed_line)
+
+
+def _not_advertising(record: logging.LogRecord) -> bool:
+    """Drop Lightning's tips for its cloud services, and its list of accelerators (``GPU available: …``):
+    the run folder line says what the run uses, once it has started, so a run refused during setup prints
+    its one error line alone."""
+    return not record.getMessage().startswith(("💡 Tip", "GPU available:", "TPU available:", "HPU available:"))
+
+
+def _not_seed_line(record: logging.LogRecord) -> bool:
+    """Drop "Seed set to …": ConsoleReport prints the seed beside the run folder once a run starts; printed
+    at parse time it would also precede every one-line settings error."""
+    return "Seed set to" not in record.getMessage()  # "[rank: 1] Seed set to …" under DDP
+
+
+def parse_error_line(message: str) -> str:
+    r"""jsonargparse's message for a bad setting of a class given by class path (``--model``, ``--data``), cut to
+    the class's own complaint under the setting's full name; other messages as they are.
+
+    Example:
+        >>> message = 'Parser key "model":\n  Errors:\n    - Problem with given class_path \'pkg.Model\':\n'
+        >>> message += '        Parser key "lr":\n          Expected a float\n    - Expected a None'
+        >>> parse_error_line(message)
+        'Parser key "model.lr": Expected a float'
+    """
+    group = re.match(r'Parser key "([^"]+)":', message)
+    problem = re.search(r"Problem with given class_path '([^']+)':\n((?:[ ]{8,}.*(?:\n|$))+)", message)
+    if group is not None and problem is None and "Union subtypes" in message:  # e.g. trainer.precision
+        subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+        given = re.search(r"Given value: (.*)", message)
+        if subtypes is not None and given is not None:
+            return f'Parser key "{group.group(1)}": Expected one of {subtypes.group(1)}. Got value: {given.group(1)}'
+    if group is None or problem is None:
+        return message
+    detail = textwrap.dedent(problem.group(2)).strip()
+    inner = re.match(r'Parser key "([^"]+)":\s*(.*)', detail, re.S)
+    if inner is None:
+        return f'Parser key "{group.group(1)}": {problem.group(1)}: {detail}'
+    why = inner.group(2)
+    union = re.search(r"Errors:\n\s*- (.*)", why)  # a setting that may also be None: the first type's complaint
+    given = re.search(r"Given value: (.*)", why)
+    if union is not None:
+        why = union.group(1) + (f". Got value: {given.group(1)}" if given else "")
+    return f'Parser key "{group.group(1)}.{inner.group(1)}": {why}'
+
+
+def innermost(error: BaseException, kind: type[BaseException]) -> BaseException:
+    """The first ``kind`` of exception in ``error``'s chain: jsonargparse wraps a class's own ``ValueError``
+    (raised in its ``__init__``, naming the setting) in one about the union of types a class path may take."""
+    found = error
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, kind):
+            found = cause
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
+# -- help text ----------------------------------------------------------------------------------------------------
+
+
+def _summarized(method: Any, summary: str) -> Any:
+    """``method`` with ``summary`` as its docstring's first line, which LightningCLI shows as the subcommand's help.
+    (Lightning's own first lines are cut mid-sentence where its docstrings wrap.)"""
+
+    @functools.wraps(method)
+    def wrapper(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    wrapper.__doc__ = f"{summary}\n\n{inspect.getdoc(method) or ''}"
+    return wrapper
+
+
+class LitTrainer(Trainer):
+    """Lightning's Trainer, its subcommands described in whole sentences in ``train.py --help``."""
+
+    fit = _summarized(Trainer.fit, "Train the model, validating it as the config says.")
+    validate = _summarized(Trainer.validate, "Evaluate a checkpoint on the validation data.")
+    test = _summarized(Trainer.test, "Evaluate a checkpoint on the test data.")
+    predict = _summarized(Trainer.predict, "Write a checkpoint's predictions to predictions.csv in the run folder.")

@@ -1,12 +1,40 @@
-"""The two ways a run ends early on purpose, each reported by the command line in one line, without a traceback."""
+"""How a run ends early on purpose: one exception type per reason, each with its one line and exit status.
+
+Library code raises these and never exits; :func:`litpoly.cli.main` turns one into ``error: <message>`` on stderr
+and its ``exit_code``, without a traceback. Code that runs commands itself (a sweep, ``scripts/check.py``, a test)
+calls :func:`litpoly.cli.run` and catches the types it cares about::
+
+    try:
+        run(["fit", "--model.lr", "0.1"])
+    except Diverged as stop:      # the sampler learns this region is bad
+        ...
+    except SettingError as error: # a bad flag or config: the same line the command line prints
+        ...
+"""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
-class SettingError(ValueError):
-    """A combination of settings that cannot work, found once the run is being set up.
+class RunError(Exception):
+    """A run that could not start or could not finish, for a reason the user must see in one line.
+
+    Attributes:
+        exit_code: The process's exit status when the command line reports it.
+    """
+
+    exit_code = 1
+
+    @property
+    def line(self) -> str:
+        """What the command line prints: ``error: <message>`` on one line."""
+        return f"error: {' '.join(str(self).split())}"
+
+
+class SettingError(RunError, ValueError):
+    """A setting, or a combination of settings, that cannot work (exit status 2, as argparse's errors).
 
     Raise it from a data module's or a model's hooks (``setup``, ``train_dataloader``, …) when a check needs
     more than one class's settings or the Trainer's (a ``ValueError`` in ``__init__`` is reported the same
@@ -19,16 +47,49 @@ class SettingError(ValueError):
             run wrote no checkpoint), or ``None``.
     """
 
+    exit_code = 2
     run_folder: Path | None = None
 
 
-class TrainingStopped(Exception):
-    """A run that stopped early for a reason the user must see: a one-line message and the process's exit status.
+class CheckpointError(SettingError):
+    """``--ckpt_path`` names no checkpoint, an unreadable one, one holding code, or one that does not fit the model
+    the settings make (exit status 2)."""
+
+
+class Diverged(RunError):
+    """Training stopped because a step's loss or weights are no longer finite (or pass a set threshold); no
+    checkpoint of the diverged model was written (exit status 1).
 
     Attributes:
-        exit_code: 1 when training diverged; ``128 + signal number`` when SIGINT or SIGTERM stopped it.
+        step: The index of the step that diverged.
     """
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    exit_code = 1
+
+    def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.step = step
+
+
+class Interrupted(RunError):
+    """A signal (SIGINT, SIGTERM, SIGHUP) stopped the run at a step boundary, its state saved where checkpointing
+    is on (exit status 128 + the signal's number, as a shell reports it).
+
+    Attributes:
+        signum: The signal's number.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    @property
+    def line(self) -> str:
+        """The message alone: being interrupted is no error of the user's."""
+        return str(self)
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. ``SIGTERM``."""
+        return signal.Signals(self.signum).name

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from litpoly.checkpoints import read_checkpoint
+from litpoly.runs import read_checkpoint
 
 
 @dataclass(frozen=True)

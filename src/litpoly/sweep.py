@@ -42,14 +42,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeGuard
+from unittest import mock
 
 import lightning as L
 import torch
 import yaml
 
-from litpoly.cli import cli_main, fail
+from litpoly.cli import run as cli_main
 from litpoly.console import without_password
-from litpoly.loggers import RUN_VERSION, environ
+from litpoly.runs import RUN_VERSION
 
 #: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
 #: process was killed): then the next trial any worker starts marks it failed, and Optuna retries its settings.
@@ -236,6 +237,12 @@ def command(space: SearchSpace, values: dict[str, Any]) -> str:
     return shlex.join(["python", "scripts/train.py", *space.flags(values)])
 
 
+def fail(message: str) -> NoReturn:
+    """TEMPORARY (ported to typed errors next): one line on stderr, exit status 2."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 # -- a trial ----------------------------------------------------------------------------------------------------
 
 
@@ -316,7 +323,7 @@ def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path
     report = ReportToTrial(trial, space.metric)
     log = folder / f"{name}.log"
     try:
-        with output_to(log), environ(**{RUN_VERSION: name}):
+        with output_to(log), mock.patch.dict(os.environ, {RUN_VERSION: name}):
             cli_main([*space.flags(values), "--trainer.default_root_dir", str(folder)], default_config, [report])
     except optuna.TrialPruned:
         raise
@@ -673,7 +680,7 @@ def _in_processes(setup: Setup, workers: int, threads: int) -> None:
     processes = []
     for i in range(workers):
         process = context.Process(target=_worker_process, args=(setup, i, threads, os.getpid()))
-        with environ(**({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1 else {})):
+        with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1 else {}):
             process.start()  # the child takes the environment as it is now
         processes.append(process)
 

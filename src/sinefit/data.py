@@ -15,7 +15,7 @@ import torch
 from jsonargparse.typing import PositiveInt
 from torch import Tensor
 
-from litpoly.loader import StepLoader, on_device, shard
+from litpoly.data.step_loader import StepLoader, on_device, shard
 
 Batch = tuple[Tensor, Tensor]
 

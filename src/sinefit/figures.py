@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.utils.tensorboard import SummaryWriter
+
+from litpoly.callbacks.report import file_writer
 
 
 class FitFigure:
@@ -70,3 +78,62 @@ def plot_predictions(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class BackgroundWriter:
+    """Runs logging calls on one worker thread, in the order they were submitted.
+
+    ``SummaryWriter.add_image`` encodes the PNG and checksums the record in the calling thread: for a figure,
+    far longer than a small model's training step. zlib releases the GIL, so on a worker thread that work
+    overlaps training on another core. One worker keeps the events in order.
+
+    Example:
+        >>> written = []
+        >>> writer = BackgroundWriter()
+        >>> writer.submit(written.append, "an image")
+        >>> writer.close()  # waits for every submitted call, and re-raises the first failure
+        >>> written
+        ['an image']
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[Any]] = []
+
+    def submit(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="litpoly-writer")
+        self._pending.append(self._pool.submit(function, *args, **kwargs))
+
+    def close(self) -> None:
+        """Wait for every submitted call; re-raise what failed in the worker."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+
+def add_figure(experiment: SummaryWriter, tag: str, image: np.ndarray, step: int, colors: int = 64) -> None:
+    """Log a plot to TensorBoard's IMAGES tab, as ``experiment.add_image`` would, in a fraction of the bytes.
+
+    A plot has few colours: as a palette PNG of at most ``colors`` of them it looks the same and is about a
+    quarter the size of the RGB PNG ``add_image`` writes. That matters beyond the disk: TensorBoard's event
+    writer checksums every record in pure Python, holding the GIL, so a large image slows training down
+    even when logged from another thread. Not for photographs, which need all their colours.
+
+    Args:
+        experiment: The ``SummaryWriter`` (``TensorBoardLogger.experiment``).
+        tag: The image's name in TensorBoard.
+        image: ``(height, width, 3)`` uint8 RGB.
+        step: The global step it belongs to.
+        colors: At most this many colours (2 to 256).
+    """
+    from PIL import Image  # imported here: only runs that log figures need it
+
+    height, width, _ = image.shape
+    buffer = io.BytesIO()
+    Image.fromarray(image).quantize(colors, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
+    png = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    file_writer(experiment).add_summary(Summary(value=[Summary.Value(tag=tag, image=png)]), step)

@@ -12,8 +12,8 @@ from jsonargparse.typing import NonNegativeInt
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
-from litpoly.cache import ReuseLastInput
 from litpoly.errors import SettingError
+from sinefit.cache import ReuseLastInput
 from sinefit.parity import ParityCheck
 from sinefit.polynomial import coefficient_names
 from sinefit.report import SineReport

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from litpoly.console import say, step_loss
-from litpoly.loader import StepLoader
-from litpoly.loggers import BackgroundWriter, add_figure
+from litpoly.data.step_loader import StepLoader
 from sinefit import reference
-from sinefit.figures import FitFigure, plot_predictions
+from sinefit.figures import BackgroundWriter, FitFigure, add_figure, plot_predictions
 from sinefit.parity import sgd_stall_bound
 from sinefit.polynomial import coefficient_names, format_polynomial
 

@@ -21,8 +21,9 @@ from conftest import (
     run_folder,
     run_train,
 )
-from litpoly.cli import cli_main, given_keys, names_a_class
-from litpoly.loader import StepLoader
+from litpoly.cli import run as run_command
+from litpoly.cli.arguments import given_keys, names_a_class
+from litpoly.data.step_loader import StepLoader
 
 
 def test_fit_writes_a_complete_run_folder(
@@ -86,7 +87,7 @@ def test_print_config_round_trips(
 ) -> None:
     def printed(*args: str) -> str:
         with pytest.raises(SystemExit) as exit_info:
-            cli_main(["fit", *args, "--print_config"], default_config=DEFAULT_CONFIG)
+            run_command(["fit", *args, "--print_config"], default_config=DEFAULT_CONFIG)
         assert exit_info.value.code in (0, None)
         return capsys.readouterr().out
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import PROBLEMS, RunCLI, load_checkpoint, run_folder
-from litpoly.cli import LitCLI
+from litpoly.cli.litcli import LitCLI
 from sinefit.parity import ParityCheck
 
 pytestmark = [

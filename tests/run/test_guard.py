@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import TWOMOONS, Problem, RunCLI
-from litpoly.checkpoints import AtomicCheckpointIO, NonFiniteCheckpointError
-from litpoly.errors import TrainingStopped
-from litpoly.guard import RunGuard
+from litpoly.callbacks.guard import RunGuard
+from litpoly.errors import Diverged
+from litpoly.plugins import AtomicCheckpointIO, NonFiniteCheckpointError
 
 
 def test_a_loss_that_climbs_without_reaching_inf_is_stopped_by_the_threshold(
@@ -68,7 +68,7 @@ def test_every_parameter_is_checked_for_any_model(tmp_path: Path) -> None:
         callbacks=[RunGuard()], default_root_dir=tmp_path,
     )  # fmt: skip
     with pytest.raises(
-        TrainingStopped, match=r"^training diverged at step 4: the parameters are no longer finite \(SGD, lr=0\.1\)"
+        Diverged, match=r"^training diverged at step 4: the parameters are no longer finite \(SGD, lr=0\.1\)"
     ):
         trainer.fit(_Broken(at_step=4))
 

@@ -31,7 +31,7 @@ def test_the_run_layer_imports_nothing_from_the_example() -> None:
 
 def test_the_run_layer_trains_the_second_problem_with_the_example_absent(tmp_path: Path) -> None:
     """In a process where importing `sinefit` fails, every run layer module imports and the two-moons problem
-    trains, validates and predicts through cli_main."""
+    trains, validates and predicts through run_command."""
     code = f"""
 import importlib, pkgutil, sys
 class NoExample:
@@ -42,12 +42,12 @@ sys.meta_path.insert(0, NoExample())
 import litpoly
 for module in pkgutil.iter_modules(litpoly.__path__):
     importlib.import_module("litpoly." + module.name)
-from litpoly.cli import cli_main
+from litpoly.cli import run as run_command
 config = ["--config", {str(TESTS / "twomoons.yaml")!r}, "--trainer.max_epochs", "2"]
 config += ["--trainer.enable_progress_bar", "false"]
-fit = cli_main(["fit", *config])
-cli_main(["validate", *config, "--ckpt_path", "last"])
-cli_main(["predict", *config, "--ckpt_path", "last"])
+fit = run_command(["fit", *config])
+run_command(["validate", *config, "--ckpt_path", "last"])
+run_command(["predict", *config, "--ckpt_path", "last"])
 assert "sinefit" not in sys.modules
 print("trained", fit.trainer.global_step, "steps")
 """

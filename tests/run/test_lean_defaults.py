@@ -19,11 +19,11 @@ from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import SINE, Problem, RunCLI
-from litpoly.cache import ReuseLastInput
-from litpoly.checkpoints import PeriodicCheckpoint
-from litpoly.console import LineProgress, TimedProgressBar
+from litpoly.callbacks.checkpoint import PeriodicCheckpoint
+from litpoly.callbacks.progress import LineProgress, TimedProgressBar
 from litpoly.loggers import ThrottledTensorBoardLogger
-from litpoly.profiler import NullProfiler
+from litpoly.plugins import NullProfiler
+from sinefit.cache import ReuseLastInput
 from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from litpoly.data.step_loader import StepLoader, shard
 from litpoly.errors import SettingError
-from litpoly.loader import StepLoader, shard
 
 
 def batches(loader: StepLoader, count: int) -> list[torch.Tensor]:

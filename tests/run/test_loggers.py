@@ -25,8 +25,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import DEFAULT_CONFIG, PROBLEMS, REPO, TWOMOONS, RunCLI, http_json, run_folder, subprocess_env
-from litpoly.cli import cli_main
-from litpoly.loggers import flat_hparams
+from litpoly.callbacks.report import flat_hparams
+from litpoly.cli import run as run_command
 from test_logs import free_port
 
 LOGGERS = REPO / "configs" / "loggers"
@@ -115,7 +115,7 @@ def test_logger_configs_parse_and_take_a_tracking_uri(capsys: pytest.CaptureFixt
     for name, classes in expected.items():
         uri = [] if name == "csv" else ["--trainer.logger.tracking_uri", "http://tracking.example:5000"]
         with pytest.raises(SystemExit):
-            cli_main(["fit", *loggers(name), *uri, "--print_config"], default_config=DEFAULT_CONFIG)
+            run_command(["fit", *loggers(name), *uri, "--print_config"], default_config=DEFAULT_CONFIG)
         logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
         assert [entry["class_path"] for entry in logger] == classes, name
         if uri:  # the flag reaches MLflow, in the list the config file gave
@@ -165,12 +165,12 @@ class NoMLflow:
             tried.append(name)
             raise ImportError(f"No module named {{name!r}}")
 sys.meta_path.insert(0, NoMLflow())
-from litpoly.cli import cli_main
+from litpoly.cli import main
 quick = ["--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false", "--model.parity", "false"]
-cli_main(["fit", *quick], default_config={str(DEFAULT_CONFIG)!r})
+main(["fit", *quick], {str(DEFAULT_CONFIG)!r})
 print("default run tried to import:", tried, "imported:", [m for m in sys.modules if m.startswith("mlflow")])
 try:
-    cli_main(["fit", *quick, "--config", {str(LOGGERS / "mlflow.yaml")!r}], default_config={str(DEFAULT_CONFIG)!r})
+    main(["fit", *quick, "--config", {str(LOGGERS / "mlflow.yaml")!r}], {str(DEFAULT_CONFIG)!r})
 except SystemExit as exit_:
     print("exit", exit_.code)
 """

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import PROBLEMS, Problem, RunCLI, held_out, http_json, run_folder
-from litpoly.loggers import flat_hparams
+from litpoly.callbacks.report import flat_hparams
 
 
 def load(run: Path) -> EventAccumulator:

@@ -12,7 +12,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import DEFAULT_CONFIG, REPO, Problem, RunCLI, load_checkpoint, run_folder
-from litpoly.cli import cli_main
+from litpoly.cli import run as run_command
 
 PRESETS = REPO / "configs" / "presets"
 #: What each preset sets, as --print_config shows it.
@@ -39,7 +39,7 @@ def test_presets_parse_for_every_problem(
 ) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])  # LightningCLI warns when pytest's own argv is there too
     with pytest.raises(SystemExit):
-        cli_main(["fit", *problem.select, "--config", str(PRESETS / f"{preset}.yaml"), "--print_config"],
+        run_command(["fit", *problem.select, "--config", str(PRESETS / f"{preset}.yaml"), "--print_config"],
                  default_config=DEFAULT_CONFIG)  # fmt: skip
     config = yaml.safe_load(capsys.readouterr().out)
     for key, value in EXPECTED[preset].items():

@@ -23,10 +23,12 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset,
 from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
 from digits import DigitsDataModule, DigitsFiles
 from litpoly import compat
+from litpoly.callbacks.resume import ExactResume
 from litpoly.check.runs import InterruptAt
-from litpoly.cli import cli_main
-from litpoly.loader import StepLoader
-from litpoly.resume import EpochSampler, ExactResume, ResumableLoader, why_not_resumable
+from litpoly.cli import run as run_command
+from litpoly.data.resumable import EpochSampler, ResumableLoader, why_not_resumable
+from litpoly.data.step_loader import StepLoader
+from litpoly.errors import Interrupted
 from test_resume import assert_same_optimizer_state
 
 PER_EPOCH = 24  # 1500 training images in batches of 64
@@ -35,10 +37,10 @@ PER_EPOCH = 24  # 1500 training images in batches of 64
 def interrupted_fit(args: list[str], stop_after: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """``fit`` with ``args``, interrupted by Ctrl-C so that it stops after step ``stop_after``."""
     monkeypatch.setattr("sys.argv", ["train.py"])
-    with pytest.raises(SystemExit) as stopped:
-        cli_main([*args, "--trainer.enable_progress_bar", "false"], default_config=DEFAULT_CONFIG,
+    with pytest.raises(Interrupted) as stopped:
+        run_command([*args, "--trainer.enable_progress_bar", "false"], default_config=DEFAULT_CONFIG,
                  callbacks=[InterruptAt(stop_after - 1)])  # fmt: skip  # not part of the run's config
-    assert stopped.value.code == 128 + signal.SIGINT
+    assert stopped.value.exit_code == 128 + signal.SIGINT
 
 
 def final_state(folder: Path) -> dict[str, Any]:

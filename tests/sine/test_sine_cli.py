@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, REPO, SINE, RunCLI, load_checkpoint, run_folder
-from litpoly.cli import cli_main
+from litpoly.cli import run as run_command
 
 
 def test_shipped_configs_change_only_what_they_say(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
@@ -17,7 +17,7 @@ def test_shipped_configs_change_only_what_they_say(run_cli: RunCLI, capsys: pyte
 
     def resolved(*args: str) -> dict[str, object]:
         with pytest.raises(SystemExit):
-            cli_main(["fit", *args, "--print_config"], default_config=DEFAULT_CONFIG)
+            run_command(["fit", *args, "--print_config"], default_config=DEFAULT_CONFIG)
         return yaml.safe_load(capsys.readouterr().out)  # type: ignore[no-any-return]
 
     default, rmsprop = resolved(), resolved("--config", str(REPO / "configs" / "rmsprop.yaml"))

@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, RunCLI
-from litpoly.cli import LitCLI
+from litpoly.cli.litcli import LitCLI
 from sinefit import reference
 from sinefit.parity import ParityCheck, ParityReport, compare
 

@@ -46,7 +46,7 @@ from litpoly.check import properties
 from litpoly.check.properties import Reference
 from litpoly.check.report import Row, one_line, report_folder, summary, table, write_report
 from litpoly.check.runs import CheckError, Runner, Watch, last_checkpoint, output_to
-from litpoly.cli import cli_main
+from litpoly.cli import run as cli_main
 from litpoly.console import without_password
 
 #: The properties, in the order the table shows them, and what each one compares.

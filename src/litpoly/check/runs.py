@@ -24,9 +24,10 @@ import lightning as L
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
+from litpoly.callbacks.resume import rng_states
 from litpoly.check.measure import difference
-from litpoly.cli import LitCLI, cli_main
-from litpoly.resume import rng_states
+from litpoly.cli import run as cli_main
+from litpoly.cli.litcli import LitCLI
 
 #: Flags of every run of the check: its own folder, no logger (a config's MLflow or W&B logger would record the
 #: check's runs as the project's), no progress bar, and the final state saved in ``last.ckpt``.

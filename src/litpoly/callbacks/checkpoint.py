@@ -1,134 +1,32 @@
-"""Checkpoints: found by ``--ckpt_path``, read safely, never half-written, saved on a schedule cheaply.
+"""Checkpoint callbacks: saved on a schedule cheaply, the best one kept, a run stopped when it no longer improves.
 
-- :func:`resolve_checkpoint` turns ``--ckpt_path`` into a file (``last``: the newest run's ``last.ckpt``).
-- :func:`read_checkpoint` loads a user-given file weights-only: a checkpoint can carry pickled code, and
-  loading one must never run it.
-- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it into place, and
-  refuses to write non-finite weights, so a good checkpoint is never replaced by a broken one.
 - :class:`PeriodicCheckpoint` is Lightning's ``ModelCheckpoint`` with a default suited to runs that count
-  steps, and its ``state_key`` computed once.
+  steps, and its ``state_key`` computed once (``--checkpoint.*``; ``last.ckpt`` on every run).
+- :class:`BestSettings` (``--best.*``) keeps ``best.ckpt`` with a :class:`BestCheckpoint`;
+  :class:`EarlyStoppingSettings` (``--early_stopping.*``) stops on the same metric with a
+  :class:`StopWhenNotImproving`. A monitored metric the model never logs is one line at the first validation.
+
+Where checkpoints are found and how they are read is :mod:`litpoly.runs`; how they are written,
+:class:`litpoly.plugins.AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
-import jsonargparse.typing
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from litpoly import compat
 from litpoly.errors import SettingError
+from litpoly.runs import SAFE_TYPES
 
-#: jsonargparse's typed numbers (``lr: PositiveFloat`` in a model's ``__init__``, as the README recommends) are float
-#: and int subclasses: passed on as they are, to an optimizer say, they are pickled into the checkpoint by class.
-#: They hold a number and no code, so weights-only reads — ours and Lightning's — may load them.
-SAFE_TYPES = (
-    jsonargparse.typing.PositiveFloat,
-    jsonargparse.typing.PositiveInt,
-    jsonargparse.typing.NonNegativeFloat,
-    jsonargparse.typing.NonNegativeInt,
-    jsonargparse.typing.ClosedUnitInterval,
-    jsonargparse.typing.OpenUnitInterval,
-)
 torch.serialization.add_safe_globals(list(SAFE_TYPES))
-
-
-def last_checkpoints(logs: Path) -> list[Path]:
-    """Every run's ``checkpoints/last.ckpt`` under ``logs`` (``lightning_logs/``)."""
-    return list(logs.glob("version_*/checkpoints/last.ckpt"))
-
-
-def resolve_checkpoint(ckpt_path: str, logs: Path) -> Path:
-    """The file ``--ckpt_path`` means: a path as given, or for ``last`` (``best``) the newest run's ``last.ckpt``
-    (``best.ckpt``) under ``logs``.
-
-    Lightning's own ``last`` and ``best`` look only in the *new* run's folder, which is empty when a new command
-    resumes or evaluates an old run; here they mean the newest run's ``checkpoints/last.ckpt`` or ``best.ckpt``.
-
-    Raises:
-        ValueError: One line naming the setting, when there is no such file.
-    """
-    if ckpt_path in ("last", "best"):
-        candidates = list(logs.glob(f"version_*/checkpoints/{ckpt_path}.ckpt"))
-        if not candidates:
-            hint = " (a run keeps one when --best.monitor names a metric)" if ckpt_path == "best" else ""
-            raise ValueError(f"`ckpt_path` {ckpt_path}: no run under {logs} has a checkpoints/{ckpt_path}.ckpt{hint}")
-        return max(candidates, key=lambda p: p.stat().st_mtime)
-    if ckpt_path in ("hpc", "registry"):
-        raise ValueError(f"`ckpt_path` {ckpt_path!r} is not supported here: give a checkpoint file, 'last' or 'best'")
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ValueError(f"`ckpt_path`: no such checkpoint file: {ckpt_path}")
-    return path
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint from ``path``, weights only (tensors and plain data, never code).
-
-    Raises:
-        ValueError: One line, when the file holds objects that may not be loaded (code), is truncated, corrupt
-            or not a Lightning checkpoint.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        refused = re.search(r"GLOBAL (\S+)", str(error))  # torch names the first object it would not load
-        if refused is not None:
-            raise ValueError(
-                f"`ckpt_path` {path} holds objects that are not allowed to load ({refused.group(1)}): checkpoints "
-                "are read weights-only, so no code they carry ever runs"
-            ) from None
-        # A truncated zip, pickle garbage, another format: all mean "unreadable".
-        raise ValueError(
-            f"`ckpt_path` {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"`ckpt_path` {path} is not a Lightning checkpoint (it has no state_dict)")
-    return checkpoint
-
-
-class NonFiniteCheckpointError(RuntimeError):
-    """Raised instead of writing a checkpoint whose weights are NaN or infinite."""
-
-
-def _all_finite(state_dict: dict[str, Any]) -> bool:
-    return all(torch.isfinite(v).all() for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made safe against kills: write a temporary file, then rename.
-
-    ``os.replace`` is atomic on POSIX and Windows, so a checkpoint path holds either the previous
-    complete file or the new complete file, whenever the process dies. (This protects against
-    the process being killed; surviving a power cut would also need an fsync.) A local file is written by
-    ``torch.save`` itself: Lightning's own path goes through fsspec and an in-memory copy of the file, half a
-    millisecond more a save here (with ``best.ckpt`` saved at most validations, that adds up). Remote paths
-    (``s3://`` …) are written as Lightning writes them.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if not _all_finite(checkpoint.get("state_dict", {})):
-            raise NonFiniteCheckpointError(f"refusing to write {path}: the model's weights are not finite")
-        if "://" in str(path) or storage_options is not None:  # (Lightning refuses storage_options)
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
@@ -170,8 +68,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
     ) -> None:
         # Lightning's own hook saves here only on these steps, or once the time interval has passed (its own
         # settings, read, not copied: they stay whatever ModelCheckpoint makes of them).
-        every = self._every_n_train_steps
-        if self._train_time_interval is None and (every < 1 or trainer.global_step % every):
+        every, interval = compat.checkpoint_schedule(self)
+        if interval is None and (every < 1 or trainer.global_step % every):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
@@ -280,12 +178,12 @@ class EarlyStoppingSettings:
         """The ``EarlyStopping`` on ``best``'s metric, checked after each validation (``None`` without a patience).
 
         Raises:
-            ValueError: A patience is set, but no metric to watch (``best.monitor``).
+            SettingError: A patience is set, but no metric to watch (``best.monitor``).
         """
         if self.patience is None:
             return None
         if best.monitor is None:
-            raise ValueError(
+            raise SettingError(
                 "Expected `best.monitor` to name a logged metric: `early_stopping.patience` stops on the metric "
                 "the best checkpoint ranks models by"
             )

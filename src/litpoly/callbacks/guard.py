@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from litpoly.console import say, step_loss
-from litpoly.errors import TrainingStopped
+from litpoly.errors import Diverged, Interrupted
 
 #: Steps without any weight changing, after which a run is said to have stalled.
 STALL_STEPS = 50
@@ -156,7 +156,7 @@ class RunGuard(L.Callback):
             if last is not None and last.is_file()
             else " No checkpoint was written before it."
         )
-        raise TrainingStopped(f"training diverged at step {step}: {what} ({optimizers}).{kept}", exit_code=1)
+        raise Diverged(f"training diverged at step {step}: {what} ({optimizers}).{kept}", step=step)
 
     def _stop_interrupted(self, trainer: L.Trainer) -> None:
         signum = self._signal if self._signal is not None else signal.SIGTERM  # another process got it
@@ -170,7 +170,7 @@ class RunGuard(L.Callback):
                 f"{name}: stopped after step {step}; checkpoint saved to {path}. "
                 f"Resume with the same settings plus: --ckpt_path {path}"
             )
-        raise TrainingStopped(message, exit_code=128 + signum)
+        raise Interrupted(message, signum=signum)
 
     def _install_signal_handlers(self) -> None:
         if self._previous_handlers:

@@ -1,0 +1,136 @@
+"""The command line: a LightningCLI for any LightningModule and LightningDataModule, with the run layer built in.
+
+``python scripts/train.py {fit,validate,test,predict}`` trains and evaluates the classes a config names::
+
+    python scripts/train.py fit                                       # the project's default config
+    python scripts/train.py fit --config configs/rmsprop.yaml         # ... with what that file changes
+    python scripts/train.py fit --config my_config.yaml               # another model and data, by class path
+    python scripts/train.py fit --model mypkg.MyModel --data mypkg.MyData --trainer.max_epochs 30
+
+Every ``__init__`` argument of the model and the data module is a flag and a YAML key (``--model.lr``,
+``--data.batch_size``); the Trainer's own flags (``--trainer.accelerator gpu``, ``--trainer.devices 2``,
+``--trainer.precision 64-true``, ``--trainer.max_epochs``, ``--trainer.max_steps``) pick the hardware and
+the schedule. ``--help`` on any subcommand lists everything with its default.
+
+**The default config** (:data:`DEFAULT_CONFIG`, ``configs/default.yaml``) is the base of every command that names no
+model or data class of its own. A command that does (``--model``/``--data``, or a ``--config`` file with a
+``class_path`` for either) starts from those classes' own defaults and the Trainer's, not from the default run's.
+
+Two entry points: :func:`run` runs a command and raises a typed error (:mod:`litpoly.errors`) when it cannot;
+:func:`main` is the process's entry point, which turns that error into one line on stderr and its exit status.
+What the run layer adds to every run is listed on :class:`~litpoly.cli.litcli.LitCLI`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from litpoly import compat
+from litpoly.cli.arguments import names_a_class
+from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
+from litpoly.errors import RunError, SettingError
+from litpoly.runs import run_name
+
+#: The project's default run: the base of every command that names no model or data class of its own.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.yaml"
+
+#: The seed of every run unless ``--seed_everything`` says otherwise: the same command gives the same run.
+DEFAULT_SEED = 1234
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_SEED", "LitCLI", "main", "run"]
+
+
+def run(
+    args: Sequence[str] | None = None,
+    default_config: Path | str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> LitCLI:
+    """Run a command (``fit``, ``validate``, ``test``, ``predict`` and its flags) in this process.
+
+    Args:
+        args: The command line, e.g. ``["fit", "--trainer.max_steps", "100"]``; ``None``: ``sys.argv[1:]``.
+        default_config: The project's default run, the base of every command that names no model or data
+            class of its own (see the module's docstring).
+        callbacks: Added to the run's callbacks without being part of its config: what a caller needs to watch
+            the run (a sweep's pruning), not what the run is. The run's ``config.yaml`` stays the command's.
+
+    Returns:
+        The ``LitCLI``, whose ``trainer`` and ``model`` hold the finished run.
+
+    Raises:
+        SettingError: A bad setting (a ``CheckpointError`` for ``--ckpt_path``): found before any run folder is
+            created, or during setup, with the run folder removed again.
+        Diverged: Training diverged; no checkpoint of the diverged model was written.
+        Interrupted: A signal stopped the run at a step boundary, its state saved.
+    """
+    compat.quiet_irrelevant_messages()
+    argv = list(sys.argv[1:] if args is None else args)
+    # Parse errors are raised, not printed with the usage text: they become a SettingError.
+    parser_kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in SUBCOMMANDS}
+    parser_kwargs["exit_on_error"] = False
+    if default_config is not None and not names_a_class(argv):
+        for name in SUBCOMMANDS:
+            parser_kwargs[name]["default_config_files"] = [str(default_config)]
+    stage = Stage()
+    try:
+        return LitCLI(
+            argv,
+            stage,
+            trainer_class=compat.LitTrainer,
+            seed_everything_default=DEFAULT_SEED,
+            # LightningCLI adds trainer_defaults' callbacks to the configured ones.
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS,
+            parser_kwargs=parser_kwargs,
+            # A run named by the environment (a requeued SLURM job, a sweep's trial) goes on in its own folder,
+            # where its config.yaml already is.
+            save_config_kwargs={"overwrite": run_name() is not None},
+            # The model owns its optimizer (configure_optimizers); LightningCLI's own `--optimizer` would
+            # silently override it, so it is switched off.
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    except ArgumentError as error:
+        raise SettingError(compat.parse_error_line(str(error))) from None
+    except SettingError as error:  # found during setup or at the first validation
+        if error.run_folder is not None:  # see ConsoleReport.on_exception
+            shutil.rmtree(error.run_folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # and its parent, if this run made that too
+                error.run_folder.parent.rmdir()
+        raise
+    except ValueError as error:
+        # The classes check their own arguments in __init__ (ValueError): a user error, while they are being made.
+        # (A ValueError raised later, by the model's code at a step, is a bug to see with its traceback.)
+        if stage.running:
+            raise
+        raise SettingError(str(compat.innermost(error, ValueError))) from None
+    except MisconfigurationException as error:  # the Trainer's flags, e.g. `--trainer.accelerator gpu` without one
+        if stage.running:
+            raise
+        raise SettingError(f"invalid Trainer setting: {error}") from None
+
+
+def main(args: Sequence[str] | None = None, default_config: Path | str | None = DEFAULT_CONFIG) -> LitCLI:
+    """The command line's entry point: :func:`run`, with a typed error said in one line on stderr and turned into
+    the process's exit status (2 for settings, 1 for a diverged run, 128 + the signal's number when interrupted)."""
+    try:
+        return run(args, default_config)
+    except RunError as error:
+        _tell(error.line)  # under DDP every process stops, one says why
+        raise SystemExit(error.exit_code) from None
+
+
+@rank_zero_only
+def _tell(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,217 @@
+"""``LitCLI``: LightningCLI with the run layer, extended through LightningCLI's own extension points.
+
+- ``add_arguments_to_parser``: the run layer's settings groups (``--console.*``, ``--guard.*``, ``--checkpoint.*``,
+  ``--best.*``, ``--early_stopping.*``).
+- ``before_instantiate_classes``: ``--ckpt_path`` found and checked against the settings; the loggers a config
+  lists by class put in the run folder; MLflow's stores made ready.
+- ``instantiate_trainer(**kwargs)``: the Trainer arguments that depend on the parsed settings (the run layer's
+  callbacks, its versions of Lightning's default logger, profiler and checkpoint writer).
+- ``save_config_callback``: ``config.yaml`` records the command as given, not as completed here.
+- ``before_<subcommand>``: from here on an error is the run's, not a setting's (see :func:`litpoly.cli.run`).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from litpoly.callbacks import (
+    BestSettings,
+    ConsoleReport,
+    EarlyStoppingSettings,
+    ExactResume,
+    LineProgress,
+    PeriodicCheckpoint,
+    PredictionWriter,
+    RunGuard,
+    RunReport,
+    TimedProgressBar,
+    WeightsAsSaved,
+)
+from litpoly.cli.arguments import given_keys
+from litpoly.cli.checks import check_against_checkpoint
+from litpoly.console import say
+from litpoly.errors import SettingError
+from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_mlflow_stores
+from litpoly.plugins import AtomicCheckpointIO, NullProfiler
+from litpoly.runs import (
+    LOGS,
+    experiment,
+    next_run_folder,
+    read_checkpoint,
+    resolve_checkpoint,
+    root_dir,
+    run_checkpoints,
+    run_name,
+)
+
+#: Defaults for every run's Trainer; a config or a flag overrides them.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    # RunReport logs the hyperparameters itself, with the run's facts; Lightning's automatic call would add a
+    # second, partial entry to the HPARAMS tab.
+    "enable_autolog_hparams": False,
+}
+
+
+class Stage:
+    """How far a command got: ``running`` once its subcommand (``trainer.fit`` …) has begun."""
+
+    running = False
+
+
+class RecordedConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml``, holding the command's settings as given (``as_given``): the loggers' folders
+    and versions that :func:`~litpoly.loggers.place_loggers` fills in stay out of it, so that the file runs again as
+    a new run, not into this one's folder."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, as_given: Namespace, **kwargs: Any) -> None:
+        super().__init__(parser, as_given, **kwargs)
+
+
+class LitCLI(LightningCLI):
+    """LightningCLI with the run layer: its callbacks, cheaper defaults, checks and one-line errors.
+
+    Args:
+        argv: The command's words, to tell the model settings given from those of a default.
+        stage: Set to running when the subcommand begins.
+        **kwargs: ``LightningCLI``'s.
+    """
+
+    def __init__(self, argv: Sequence[str], stage: Stage, **kwargs: Any) -> None:
+        self.argv, self.stage = list(argv), stage
+        super().__init__(save_config_callback=RecordedConfig, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ConsoleReport, "console")
+        # Added as plain class groups rather than Lightning callback groups, so that `instantiate_trainer` can
+        # add each only where it applies: RunGuard to fit, the checkpoint only when checkpointing is on
+        # (Lightning refuses a ModelCheckpoint with `--trainer.enable_checkpointing false`).
+        parser.add_class_arguments(RunGuard, "guard", instantiate=True)
+        parser.add_class_arguments(PeriodicCheckpoint, "checkpoint", instantiate=True)
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_class_arguments(BestSettings, "best", instantiate=True)
+        parser.add_class_arguments(EarlyStoppingSettings, "early_stopping", instantiate=True)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("ckpt_path") is not None:
+            self._find_checkpoint(config)
+        self.save_config_kwargs = {**self.save_config_kwargs, "as_given": copy.deepcopy(config)}
+        self._place_loggers(config.trainer)
+
+    def _find_checkpoint(self, config: Namespace) -> None:
+        """Turn ``--ckpt_path`` into a file (``last``, ``best``: of this command's experiment, see
+        :mod:`litpoly.runs`) and check it against the settings, before LightningCLI reads the model's from it."""
+        logs = Path(root_dir(config.trainer), LOGS)
+        of = experiment(config.as_dict())
+        if self.subcommand == "fit" and config.ckpt_path == "last" and not run_checkpoints(logs, "last", of):
+            # The auto-resume idiom of preemptible jobs (SLURM --requeue, spot instances): the same command is
+            # launched again and again, and the first launch has nothing to resume. As in Lightning: start fresh.
+            others = len(run_checkpoints(logs, "last"))
+            aside = f" ({others} of runs with other model or data settings left alone)" if others else ""
+            say(f"No checkpoints/last.ckpt of a run with these settings under {logs}{aside}: starting a new run.")
+            config.ckpt_path = None
+            return
+        path = resolve_checkpoint(config.ckpt_path, logs, of)
+        check_against_checkpoint(config, read_checkpoint(path), given_keys(self.argv, "model"), path)
+        config.ckpt_path = str(path)
+
+    def _place_loggers(self, trainer: Namespace) -> None:
+        """The loggers a config lists by class (``configs/loggers/*.yaml``, ``--trainer.logger CLASS``) completed to
+        write where the run does (see :func:`~litpoly.loggers.place_loggers`); MLflow's SQLite stores built once,
+        in turn. ``fast_dev_run`` writes nothing, so its loggers are not even made (MLflow's would create its store),
+        but a logger that cannot work is said even there."""
+        given = trainer.get("logger")
+        if not isinstance(given, Namespace | list):
+            return
+        placed = given if isinstance(given, list) else [given]
+        place_loggers(placed, root_dir(trainer))
+        if trainer.get("fast_dev_run"):
+            trainer.logger = None
+        else:
+            prepare_mlflow_stores(placed)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with the run layer's callbacks and its versions of Lightning's defaults.
+
+        - ``PeriodicCheckpoint`` from ``--checkpoint.*`` (``save_last``): every run has ``checkpoints/last.ckpt``.
+        - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` is set).
+        - ``TimedProgressBar``: redrawn ten times a second, not every step; ``LineProgress`` (whole lines) when
+          the output goes to a file or a pipe rather than a terminal.
+        - ``ThrottledTensorBoardLogger`` where Lightning would make its default ``TensorBoardLogger``:
+          the same files, flushed every 2 s instead of after every logging call.
+        - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
+          nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
+        - ``RunReport`` (hyperparameters, config) and ``WeightsAsSaved`` (a checkpoint's weights in the run's
+          precision); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
+          resumable, the RNG states in every checkpoint), the best checkpoint (``--best.monitor``) and early
+          stopping (``--early_stopping.patience``); ``PredictionWriter`` for ``predict``.
+
+        Passed as the Trainer arguments LightningCLI's ``instantiate_trainer`` takes, rather than as
+        ``trainer_defaults`` (which are fixed before parsing and always apply), so that
+        ``--trainer.enable_checkpointing false``, ``--trainer.enable_progress_bar false``,
+        ``--trainer.logger false`` and a user's own callbacks or loggers keep working as Lightning
+        documents them, and so that a subcommand carries no callback it does not use: Lightning calls
+        every callback's hooks on every step.
+        """
+        subconfig = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = subconfig.trainer
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        kwargs.setdefault("callbacks", [*callbacks, *self._run_layer_callbacks(subconfig, callbacks)])
+        root = root_dir(config)
+        if config.get("logger") in (None, True):  # Lightning's default logger, as Lightning would make it
+            kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=run_name()))
+        elif config.get("logger") is False and not config.get("fast_dev_run") and "://" not in root:
+            # Without a logger, Lightning writes config.yaml and checkpoints/ straight into the working folder, where
+            # the next run's would collide with them: the run gets its own folder, named as a logger's would be.
+            kwargs.setdefault("default_root_dir", str(next_run_folder(root)))
+        if config.get("profiler") is None:
+            kwargs.setdefault("profiler", NullProfiler())
+        if not config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
+    def _run_layer_callbacks(self, subconfig: Namespace, given: list[Callback]) -> list[Callback]:
+        """The run layer's callbacks for this subcommand, but those the user's own replace."""
+        config = subconfig.trainer
+        checkpointing = config.get("enable_checkpointing") is not False
+        added: list[Callback] = []
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in given):
+            added.append(subconfig.checkpoint)
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            # A bar redrawn in place on a terminal; whole lines in a file or a pipe, which keep every frame.
+            added.append(TimedProgressBar() if sys.stdout.isatty() else LineProgress())
+        added += [RunReport(), WeightsAsSaved()]
+        if self.subcommand == "fit":
+            added += [subconfig.guard, ExactResume()]
+            if checkpointing and (best := subconfig.best.callback()) is not None:
+                added.append(best)
+            if (early_stopping := subconfig.early_stopping.callback(subconfig.best)) is not None:
+                added.append(early_stopping)
+        if self.subcommand == "predict":
+            added.append(PredictionWriter())
+        return added
+
+    def _running(self) -> None:
+        self.stage.running = True
+
+    def before_fit(self) -> None:
+        self._running()
+
+    def before_validate(self) -> None:
+        self._running()
+
+    def before_test(self) -> None:
+        self._running()
+
+    def before_predict(self) -> None:
+        self._running()
