@@ -60,11 +60,11 @@ _NOTHING = contextlib.nullcontext()
 class NullProfiler(PassThroughProfiler):
     """Lightning's "no profiler", made cheap.
 
-    Lightning wraps every hook call in ``trainer.profiler.profile(name)``: about 40 calls per training
-    step, plus six per callback — ~80 for a litpoly ``fit``. Its default ``PassThroughProfiler`` records
-    nothing, but its ``profile`` is a generator-based context manager that still costs about half a
-    microsecond a call: tens of µs a step, on the order of a whole raw 2000-point step (65 µs here;
-    ``scripts/benchmark.py`` measures it). This one returns one shared, stateless ``nullcontext`` instead.
+    Lightning wraps every hook call in ``trainer.profiler.profile(name)``: dozens of calls per training step,
+    plus several per callback. Its default ``PassThroughProfiler`` records nothing, but its ``profile`` is a
+    generator-based context manager, built and entered anew for each call: for a small model's step that adds up
+    to a share of the step itself (``scripts/benchmark.py`` measures what it costs). This one returns one shared,
+    stateless ``nullcontext`` instead.
 
     Used when ``--trainer.profiler`` is not given; ``--trainer.profiler simple`` (or ``advanced``,
     ``pytorch``) profiles as usual.

@@ -131,9 +131,10 @@ def resolve_checkpoint(ckpt_path: str, logs: Path, of: str | None = None) -> Pat
         CheckpointError: One line naming the setting, when there is no such file.
     """
     if ckpt_path in ("last", "best"):
-        candidates = run_checkpoints(logs, "last" if ckpt_path == "last" else "best", of)
+        which: Literal["last", "best"] = "last" if ckpt_path == "last" else "best"
+        candidates = run_checkpoints(logs, which, of)
         if not candidates:
-            raise CheckpointError(_none_found(ckpt_path, logs, of))
+            raise CheckpointError(_none_found(which, logs, of))
         return candidates[0]
     if ckpt_path in ("hpc", "registry"):
         raise CheckpointError(
@@ -145,14 +146,14 @@ def resolve_checkpoint(ckpt_path: str, logs: Path, of: str | None = None) -> Pat
     return path
 
 
-def _none_found(which: str, logs: Path, of: str | None) -> str:
-    hint = " (a run keeps one when --best.monitor names a metric)" if which == "best" else ""
-    if of is not None and (others := len(run_checkpoints(logs, which))):  # type: ignore[arg-type]
+def _none_found(which: Literal["last", "best"], logs: Path, of: str | None) -> str:
+    if of is not None and (others := len(run_checkpoints(logs, which))):
         return (
             f"`ckpt_path` {which}: no run under {logs} with this command's model and data settings has a "
-            f"checkpoints/{which}.ckpt{hint} ({others} with other settings do: give the settings they were trained "
-            "with, or the checkpoint's path)"
+            f"checkpoints/{which}.ckpt ({others} with other settings do: give the settings they were trained with, "
+            "or the checkpoint's path)"
         )
+    hint = " (a run keeps one when --best.monitor names a metric)" if which == "best" else ""
     return f"`ckpt_path` {which}: no run under {logs} has a checkpoints/{which}.ckpt{hint}"
 
 

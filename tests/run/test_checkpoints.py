@@ -69,9 +69,10 @@ def test_a_setting_the_weights_cannot_take_is_an_error_naming_it(
 ) -> None:
     run_cli("fit", *problem.select, *problem.quick)
     key, value, weight = problem.reshape
+    last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"  # by path: `last` means a run of these settings
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
+        run_cli("validate", *problem.select, "--ckpt_path", str(last), f"--model.{key}", value)
     line = one_error_line(capsys)
     assert f"holds weights that do not fit the model `model.{key}` {value} makes ({weight}:" in line
     assert "leave it out to use the checkpoint's" in line
@@ -84,7 +85,8 @@ def test_a_setting_the_weights_survive_is_a_warning_and_the_checkpoints_is_used(
     key, value = problem.survives
     saved = load_checkpoint(run_folder(tmp_path) / "checkpoints" / "last.ckpt")["hyper_parameters"][key]
     capsys.readouterr()
-    cli = run_cli("validate", *problem.select, "--ckpt_path", "last", f"--model.{key}", value)
+    last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"  # by path: `last` means a run of these settings
+    cli = run_cli("validate", *problem.select, "--ckpt_path", str(last), f"--model.{key}", value)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning:")]
     assert len(warnings) == 1 and warnings[0].startswith(f"Warning: `model.{key}` ")
     assert warnings[0].endswith(

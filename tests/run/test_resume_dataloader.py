@@ -252,23 +252,3 @@ def test_a_resumed_run_that_cannot_be_exact_says_so(
         "Warning: this resumed run may not go on exactly as the uninterrupted run would: the training loader has a "
         "sampler of its own (WeightedRandomSampler) (README: Exact resume)"
     ]
-
-
-def test_lightning_still_has_the_loop_attributes_compat_resets(tmp_path: Path) -> None:
-    """litpoly.compat.forget_train_loader: `estimated_stepping_batches` sets up the training loader early (what makes
-    the reset necessary), and the reset makes the fit loop set it up again. Fails when an upgrade changes either."""
-    from conftest import TWOMOONS  # noqa: F401  # the two-moons classes are importable from tests/
-    from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
-
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
-    model, data = TwoMoonsClassifier(), TwoMoonsDataModule()
-    trainer.strategy.connect(model)
-    trainer._data_connector.attach_data(model, datamodule=data)
-    data.trainer = trainer
-    data.setup("fit")
-    assert trainer.fit_loop._combined_loader is None
-    assert trainer.estimated_stepping_batches == 7  # sets the loader up, through the fit loop
-    assert trainer.fit_loop._combined_loader is not None
-    assert compat.forget_train_loader(trainer) is True
-    assert trainer.fit_loop._combined_loader is None and trainer.fit_loop._data_fetcher is None
-    assert compat.forget_train_loader(trainer) is False

@@ -66,8 +66,7 @@ def run(
         callbacks: Added to the run's callbacks without being part of its config: what a caller needs to watch
             the run (a sweep's pruning), not what the run is. The run's ``config.yaml`` stays the command's.
 
-    Returns:
-        The ``LitCLI``, whose ``trainer`` and ``model`` hold the finished run.
+    Returns the ``LitCLI``, whose ``trainer`` and ``model`` hold the finished run.
 
     Raises:
         SettingError: A bad setting (a ``CheckpointError`` for ``--ckpt_path``): found before any run folder is
@@ -77,12 +76,6 @@ def run(
     """
     compat.quiet_irrelevant_messages()
     argv = list(sys.argv[1:] if args is None else args)
-    # Parse errors are raised, not printed with the usage text: they become a SettingError.
-    parser_kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in SUBCOMMANDS}
-    parser_kwargs["exit_on_error"] = False
-    if default_config is not None and not names_a_class(argv):
-        for name in SUBCOMMANDS:
-            parser_kwargs[name]["default_config_files"] = [str(default_config)]
     stage = Stage()
     try:
         return LitCLI(
@@ -92,7 +85,7 @@ def run(
             seed_everything_default=DEFAULT_SEED,
             # LightningCLI adds trainer_defaults' callbacks to the configured ones.
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS,
-            parser_kwargs=parser_kwargs,
+            parser_kwargs=_parser_kwargs(argv, default_config),
             # A run named by the environment (a requeued SLURM job, a sweep's trial) goes on in its own folder,
             # where its config.yaml already is.
             save_config_kwargs={"overwrite": run_name() is not None},
@@ -119,6 +112,17 @@ def run(
         if stage.running:
             raise
         raise SettingError(f"invalid Trainer setting: {error}") from None
+
+
+def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[str, Any]:
+    """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError),
+    and the default config where the command names no class of its own."""
+    kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in SUBCOMMANDS}
+    kwargs["exit_on_error"] = False
+    if default_config is not None and not names_a_class(argv):
+        for name in SUBCOMMANDS:
+            kwargs[name]["default_config_files"] = [str(default_config)]
+    return kwargs
 
 
 def main(args: Sequence[str] | None = None, default_config: Path | str | None = DEFAULT_CONFIG) -> LitCLI:

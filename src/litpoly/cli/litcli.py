@@ -2,8 +2,9 @@
 
 - ``add_arguments_to_parser``: the run layer's settings groups (``--console.*``, ``--guard.*``, ``--checkpoint.*``,
   ``--best.*``, ``--early_stopping.*``).
-- ``before_instantiate_classes``: ``--ckpt_path`` found and checked against the settings; the loggers a config
-  lists by class put in the run folder; MLflow's stores made ready.
+- ``parse_arguments``: ``--ckpt_path`` found and checked against the settings as soon as they are parsed.
+- ``before_instantiate_classes``: the loggers a config lists by class put in the run folder; MLflow's stores made
+  ready.
 - ``instantiate_trainer(**kwargs)``: the Trainer arguments that depend on the parsed settings (the run layer's
   callbacks, its versions of Lightning's default logger, profiler and checkpoint writer).
 - ``save_config_callback``: ``config.yaml`` records the command as given, not as completed here.
@@ -39,7 +40,6 @@ from litpoly.callbacks import (
 from litpoly.cli.arguments import given_keys
 from litpoly.cli.checks import check_against_checkpoint
 from litpoly.console import say
-from litpoly.errors import SettingError
 from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_mlflow_stores
 from litpoly.plugins import AtomicCheckpointIO, NullProfiler
 from litpoly.runs import (
@@ -68,9 +68,9 @@ class Stage:
 
 
 class RecordedConfig(SaveConfigCallback):
-    """LightningCLI's ``config.yaml``, holding the command's settings as given (``as_given``): the loggers' folders
-    and versions that :func:`~litpoly.loggers.place_loggers` fills in stay out of it, so that the file runs again as
-    a new run, not into this one's folder."""
+    """LightningCLI's ``config.yaml``, holding the command's settings as given (``as_given``): neither the model
+    settings LightningCLI merges from a checkpoint nor the loggers' folders and versions that
+    :func:`~litpoly.loggers.place_loggers` fills in, so that the file runs again as the same command, as a new run."""
 
     def __init__(self, parser: LightningArgumentParser, config: Namespace, as_given: Namespace, **kwargs: Any) -> None:
         super().__init__(parser, as_given, **kwargs)
@@ -100,23 +100,35 @@ class LitCLI(LightningCLI):
         parser.add_class_arguments(BestSettings, "best", instantiate=True)
         parser.add_class_arguments(EarlyStoppingSettings, "early_stopping", instantiate=True)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then find and check ``--ckpt_path``, and keep the command's settings as given.
+
+        Here rather than in ``before_instantiate_classes``: right after parsing, LightningCLI loads the checkpoint
+        named by ``ckpt_path`` and merges the model's settings from it into the config; ``last``, ``best`` and a
+        checkpoint that is not ours to load must be settled before that, and ``config.yaml`` records the command,
+        which is what runs it again (and what tells its experiment, see :mod:`litpoly.runs`).
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if subcommand and config.get("ckpt_path") is not None:
+            self._find_checkpoint(subcommand, config)
+        self.save_config_kwargs = {**self.save_config_kwargs, "as_given": copy.deepcopy(config)}
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("ckpt_path") is not None:
-            self._find_checkpoint(config)
-        self.save_config_kwargs = {**self.save_config_kwargs, "as_given": copy.deepcopy(config)}
         self._place_loggers(config.trainer)
 
-    def _find_checkpoint(self, config: Namespace) -> None:
+    def _find_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Turn ``--ckpt_path`` into a file (``last``, ``best``: of this command's experiment, see
         :mod:`litpoly.runs`) and check it against the settings, before LightningCLI reads the model's from it."""
         logs = Path(root_dir(config.trainer), LOGS)
         of = experiment(config.as_dict())
-        if self.subcommand == "fit" and config.ckpt_path == "last" and not run_checkpoints(logs, "last", of):
+        if subcommand == "fit" and config.ckpt_path == "last" and not run_checkpoints(logs, "last", of):
             # The auto-resume idiom of preemptible jobs (SLURM --requeue, spot instances): the same command is
             # launched again and again, and the first launch has nothing to resume. As in Lightning: start fresh.
             others = len(run_checkpoints(logs, "last"))
-            aside = f" ({others} of runs with other model or data settings left alone)" if others else ""
+            aside = f" ({others} with other model or data settings left alone)" if others else ""
             say(f"No checkpoints/last.ckpt of a run with these settings under {logs}{aside}: starting a new run.")
             config.ckpt_path = None
             return

@@ -1,0 +1,134 @@
+"""litpoly.compat: every Lightning or jsonargparse private and message text the run layer relies on, each checked
+against the installed versions. A failure here means an upgrade changed one: fix it in litpoly/compat.py."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from litpoly import compat
+from litpoly.cli import DEFAULT_CONFIG, run
+from litpoly.errors import SettingError
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])  # LightningCLI warns when pytest's own argv is there too
+
+
+def test_forget_train_loader_resets_what_estimated_stepping_batches_set_up(tmp_path: Path) -> None:
+    """`estimated_stepping_batches` sets up the training loader early, through the fit loop (what makes the reset
+    necessary), and the reset makes the fit loop set it up again."""
+    from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    model, data = TwoMoonsClassifier(), TwoMoonsDataModule()
+    trainer.strategy.connect(model)
+    trainer._data_connector.attach_data(model, datamodule=data)
+    data.trainer = trainer
+    data.setup("fit")
+    assert trainer.fit_loop._combined_loader is None
+    assert trainer.estimated_stepping_batches == 7  # sets the loader up, through the fit loop
+    assert trainer.fit_loop._combined_loader is not None
+    assert compat.forget_train_loader(trainer) is True
+    assert trainer.fit_loop._combined_loader is None and trainer.fit_loop._data_fetcher is None
+    assert compat.forget_train_loader(trainer) is False
+
+
+def test_checkpoint_schedule_is_what_model_checkpoint_decided() -> None:
+    assert compat.checkpoint_schedule(ModelCheckpoint(every_n_train_steps=7)) == (7, None)
+    assert compat.checkpoint_schedule(ModelCheckpoint()) == (0, None)
+    hourly = ModelCheckpoint(train_time_interval=timedelta(hours=1))
+    assert compat.checkpoint_schedule(hourly) == (0, timedelta(hours=1))
+
+
+def test_tqdm_is_the_bar_lightning_makes() -> None:
+    assert issubclass(compat.Tqdm, tqdm)
+    assert inspect.signature(TQDMProgressBar.init_validation_tqdm).return_annotation in ("Tqdm", compat.Tqdm)
+
+
+def test_stateful_is_the_protocol_lightning_saves_loaders_by() -> None:
+    class Positioned:
+        def state_dict(self) -> dict[str, int]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            pass
+
+    assert isinstance(Positioned(), compat.Stateful)
+    assert not isinstance(DataLoader(range(3)), compat.Stateful)
+
+
+@pytest.mark.parametrize(
+    ("module", "text"),
+    [
+        ("lightning.pytorch.callbacks.model_checkpoint", "The dirpath has changed from"),
+        ("lightning.pytorch.loops.prediction_loop", "Couldn't infer the batch indices"),
+        ("lightning.fabric.loggers.csv_logs", "Experiment logs directory"),
+        ("lightning.pytorch.trainer.setup", "GPU available:"),
+    ],
+)
+def test_the_messages_quieted_are_still_lightnings(module: str, text: str) -> None:
+    """quiet_irrelevant_messages filters these by their text: an upgrade that rewords one makes it loud again."""
+    assert text in inspect.getsource(importlib.import_module(module))
+
+
+def test_the_seed_line_and_the_accelerator_list_are_quieted(caplog: pytest.LogCaptureFixture) -> None:
+    compat.quiet_irrelevant_messages()
+    with caplog.at_level(logging.INFO):
+        seed_everything(3)
+        L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    said = [record.getMessage() for record in caplog.records]
+    assert not [m for m in said if "Seed set to" in m or m.startswith(("GPU available:", "TPU available:"))], said
+
+
+def test_the_deprecation_lightning_triggers_is_ignored() -> None:
+    compat.quiet_irrelevant_messages()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use …", FutureWarning, stacklevel=1)
+    assert not caught
+
+
+def test_parse_error_line_cuts_jsonargparses_message_for_a_class_setting() -> None:
+    with pytest.raises(SettingError) as error:
+        run(["fit", "--model", "sinefit.PolynomialRegressor", "--model.lr", "fast", "--print_config"])
+    assert str(error.value).startswith('Parser key "model.lr": ')
+    assert "\n" not in str(error.value)
+
+
+def test_innermost_finds_the_class_own_value_error() -> None:
+    with pytest.raises(SettingError) as error:
+        run(["fit", "--model.lr", "-1", "--trainer.max_steps", "1"], default_config=DEFAULT_CONFIG)
+    assert str(error.value) == "Expected `model.lr` to be a positive finite number (or null for the default), got -1.0"
+
+
+def test_the_subcommands_help_is_whole_sentences(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        run(["--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for line in ("Train the model, validating it as the config says.", "Evaluate a checkpoint on the test data."):
+        assert line in out
+
+
+def test_the_typed_numbers_weights_only_reads_allow_are_still_jsonargparses() -> None:
+    import jsonargparse.typing
+
+    from litpoly.runs import SAFE_TYPES
+
+    for kind in SAFE_TYPES:
+        assert getattr(jsonargparse.typing, kind.__name__) is kind
+        assert issubclass(kind, int | float)
+    assert torch.serialization.get_safe_globals()  # registered on import of litpoly.runs

@@ -1,0 +1,81 @@
+"""litpoly.runs: run folders and what `--ckpt_path last` and `best` mean, with several experiments in one
+lightning_logs/ and under SLURM's job id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder
+
+RMSPROP = ("--config", str(REPO / "configs" / "rmsprop.yaml"))
+MODEL = ("--model.parity", "false")  # a model setting: commands of one experiment give it alike
+QUICK = ("--trainer.max_steps", "20", "--trainer.val_check_interval", "10", *MODEL)
+
+
+def checkpoint_of(folder: Path, which: str = "last") -> Path:
+    return folder / "checkpoints" / f"{which}.ckpt"
+
+
+def test_last_and_best_mean_a_run_of_the_commands_own_settings(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two configs of one model share lightning_logs/: each `last` and `best` resumes or evaluates its own runs,
+    never the newer run of the other; another model's command starts afresh (fit) or is refused (validate)."""
+    best = ("--best.monitor", "val/mse")
+    run_cli("fit", *QUICK, *best)  # version_0: SGD, the default config
+    run_cli("fit", *RMSPROP, *QUICK, *best)  # version_1: RMSprop, the newest
+    sgd = run_cli("fit", *QUICK, *best, "--trainer.max_steps", "30", "--ckpt_path", "last")  # version_2
+    assert Path(sgd.trainer.ckpt_path) == checkpoint_of(run_folder(tmp_path, 0))
+    assert sgd.trainer.global_step == 30
+    rmsprop = run_cli("validate", *RMSPROP, *MODEL, "--ckpt_path", "best")
+    assert Path(rmsprop.trainer.ckpt_path) == checkpoint_of(run_folder(tmp_path, 1), "best")
+    again = run_cli("test", *MODEL, "--ckpt_path", "last")  # the SGD experiment's newest: the resumed run
+    assert Path(again.trainer.ckpt_path) == checkpoint_of(run_folder(tmp_path, 2))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run_cli("validate", *TWOMOONS.select, "--ckpt_path", "last")
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: `ckpt_path` last: no run under {tmp_path / 'lightning_logs'} with this command's model and data "
+        "settings has a checkpoints/last.ckpt (3 with other settings do: give the settings they were trained with, "
+        "or the checkpoint's path)"
+    ]
+    fresh = run_cli("fit", *TWOMOONS.select, "--trainer.max_epochs", "1", "--ckpt_path", "last")
+    assert fresh.trainer.ckpt_path is None
+    assert "(3 with other model or data settings left alone): starting a new run." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("logger", [(), ("--trainer.logger", "false")], ids=["tensorboard", "no-logger"])
+def test_a_requeued_slurm_job_resumes_its_own_run(
+    logger: tuple[str, ...], run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under SLURM the run folder is named after the job; the same command relaunched (`--requeue`, `--ckpt_path
+    last`) goes on in that folder, with or without a logger."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")  # not an interactive session, which Lightning ignores
+    command = ("fit", *QUICK, *logger, "--checkpoint.every_n_train_steps", "5", "--ckpt_path", "last")
+    first = run_cli(*command)
+    folder = tmp_path / "lightning_logs" / "4242"
+    assert first.trainer.ckpt_path is None and first.trainer.global_step == 20
+    assert load_checkpoint(checkpoint_of(folder))["global_step"] == 20
+    requeued = run_cli(*command, "--trainer.max_steps", "35")
+    assert Path(requeued.trainer.ckpt_path) == checkpoint_of(folder)
+    assert requeued.trainer.global_step == 35
+    assert load_checkpoint(checkpoint_of(folder))["global_step"] == 35
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["4242"]
+
+
+def test_the_next_run_folder_counts_as_lightnings_loggers_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from litpoly.runs import RUN_VERSION, next_run_folder
+
+    for name in ("version_0", "version_3", "version_x", "4242"):
+        (tmp_path / "lightning_logs" / name).mkdir(parents=True)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv(RUN_VERSION, raising=False)
+    assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "version_4"
+    monkeypatch.setenv(RUN_VERSION, "trial_7")
+    assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "trial_7"
+
