@@ -107,6 +107,10 @@ def parse_error_line(message: str) -> str:
         >>> parse_error_line(message)
         'Parser key "model.lr": Expected a float'
     """
+    linked = re.match(r"argument (\S+) --> (\S+): ", message)
+    if linked is not None:  # a setting another one sets (`link_arguments`), given itself
+        source, target = linked.groups()
+        return f"`{target}` is set by `{source}`: give --{source} instead"
     group = re.match(r'Parser key "([^"]+)":', message)
     problem = re.search(r"Problem with given class_path '([^']+)':\n((?:[ ]{8,}.*(?:\n|$))+)", message)
     if group is not None and problem is None and "Union subtypes" in message:  # e.g. trainer.precision

@@ -108,6 +108,14 @@ def test_parse_error_line_cuts_jsonargparses_message_for_a_class_setting() -> No
     assert "\n" not in str(error.value)
 
 
+def test_parse_error_line_names_the_setting_a_linked_one_follows() -> None:
+    # jsonargparse's message for a `link_arguments` target given on the command line names the link as
+    # "argument SOURCE --> TARGET: ..." (then a type's repr): the line says which setting to give instead.
+    with pytest.raises(SettingError) as error:
+        run(["fit", "--early_stopping.monitor", "val/loss", "--print_config"], default_config=DEFAULT_CONFIG)
+    assert str(error.value) == "`early_stopping.monitor` is set by `best.monitor`: give --best.monitor instead"
+
+
 def test_innermost_finds_the_class_own_value_error() -> None:
     with pytest.raises(SettingError) as error:
         run(["fit", "--model.lr", "-1", "--trainer.max_steps", "1"], default_config=DEFAULT_CONFIG)

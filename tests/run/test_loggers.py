@@ -86,7 +86,7 @@ def test_csv_and_mlflow_get_what_tensorboard_gets(run_cli: RunCLI, tmp_path: Pat
     for version in range(len(PROBLEMS)):
         run = run_folder(tmp_path, version)
         tensorboard = tensorboard_scalars(run)
-        assert {"train/loss", "train/lr", "epoch"} <= tensorboard.keys()
+        assert {"train/loss", "epoch"} <= tensorboard.keys() and any(k.startswith("lr-") for k in tensorboard)
         assert_as_tensorboard_got(csv_scalars(run / "metrics.csv"), tensorboard)  # metrics.csv in the run folder
         mlflow_run = runs[f"version_{version}"]
         assert mlflow_run.info.status == "FINISHED"

@@ -63,10 +63,12 @@ def test_scalars_agree_with_the_console(
     assert printed and printed.keys() == logged.keys()
     for step, loss in printed.items():
         assert logged[step] == pytest.approx(loss, rel=1e-6), step
-    # The learning rate on the same steps, as the run's own schedule gives it, replayed on a fresh optimizer.
-    lrs = replayed_learning_rates(cli.model, max(logged) + 2)  # the rate after each logged step's update
-    assert [(e.step, e.value) for e in events.Scalars("train/lr")] == [
-        (s, pytest.approx(lrs[s + 1], rel=1e-6)) for s in sorted(logged)
+    # Lightning's LearningRateMonitor (lr-<Optimizer>) on the same steps: the rate each logged step used, as the
+    # run's own schedule gives it, replayed on a fresh optimizer.
+    lrs = replayed_learning_rates(cli.model, max(logged) + 1)
+    (tag,) = [t for t in events.Tags()["scalars"] if t.startswith("lr-")]
+    assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+        (s, pytest.approx(lrs[s], rel=1e-6)) for s in sorted(logged)
     ]
     x, y = held_out(cli.trainer.val_dataloaders)
     validation = {f"val/{name}" for name in problem.witness(cli.model.state_dict(), x, y)}

@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset,
 
 from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
 from digits import DigitsDataModule, DigitsFiles
-from litpoly import compat
 from litpoly.callbacks.resume import ExactResume
 from litpoly.check.runs import InterruptAt
 from litpoly.cli import run as run_command

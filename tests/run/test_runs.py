@@ -78,4 +78,3 @@ def test_the_next_run_folder_counts_as_lightnings_loggers_do(tmp_path: Path, mon
     assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "version_4"
     monkeypatch.setenv(RUN_VERSION, "trial_7")
     assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "trial_7"
-

@@ -166,28 +166,36 @@ class EarlyStoppingSettings:
     Args:
         patience: Validations without improvement after which the run stops; ``None``: never.
         min_delta: The least change that counts as an improvement.
+        monitor: The metric to watch; on the command line it is ``--best.monitor``'s (``link_arguments``).
+        mode: ``min`` or ``max``; on the command line ``--best.mode``'s.
     """
 
-    def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
+    def __init__(
+        self, patience: int | None = None, min_delta: float = 0.0, monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+    ) -> None:  # fmt: skip
         if patience is not None and patience < 1:
             raise ValueError(f"Expected `early_stopping.patience` >= 1 (or null: never stop early), got {patience}")
         self.patience = patience
         self.min_delta = min_delta
+        self.monitor = monitor
+        self.mode = mode
 
-    def callback(self, best: BestSettings) -> EarlyStopping | None:
-        """The ``EarlyStopping`` on ``best``'s metric, checked after each validation (``None`` without a patience).
+    def callback(self) -> EarlyStopping | None:
+        """The ``EarlyStopping`` on the best checkpoint's metric, checked after each validation (``None`` without a
+        patience).
 
         Raises:
             SettingError: A patience is set, but no metric to watch (``best.monitor``).
         """
         if self.patience is None:
             return None
-        if best.monitor is None:
+        if self.monitor is None:
             raise SettingError(
                 "Expected `best.monitor` to name a logged metric: `early_stopping.patience` stops on the metric "
                 "the best checkpoint ranks models by"
             )
         return StopWhenNotImproving(
-            monitor=best.monitor, mode=best.mode, patience=self.patience, min_delta=self.min_delta, verbose=True,
+            monitor=self.monitor, mode=self.mode, patience=self.patience, min_delta=self.min_delta, verbose=True,
             check_on_train_epoch_end=False,  # after each validation: a run counting steps may have one long epoch
         )  # fmt: skip

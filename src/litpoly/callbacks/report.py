@@ -4,8 +4,9 @@
   schedule) to every logger, and in TensorBoard's HPARAMS tab, where every scalar the run logs is a metric
   column (TensorBoard's own choice when runs declare no fixed list), so runs of different models line up;
 - ``config``: the run's resolved ``config.yaml`` as text (MLflow, which has no run folder to hold the file: as an
-  artifact, and its settings as params under ``config/``);
-- ``train/lr``: each optimizer's learning rate at Lightning's logging cadence.
+  artifact, and its settings as params under ``config/``).
+
+The learning rate is Lightning's ``LearningRateMonitor``'s (``lr-<Optimizer>``), which the CLI adds to every fit.
 """
 
 from __future__ import annotations
@@ -116,18 +117,6 @@ class RunReport(L.Callback):
         if config is not None:
             text = "\n".join("    " + line for line in config.read_text().splitlines())  # a markdown code block
             tensorboard.experiment.add_text("config", text, global_step=0)
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at runtime by Lightning
-        if every <= 0 or trainer.global_step % every or not trainer.loggers:
-            return
-        # On the same steps as Lightning writes `self.log` metrics: global_step - 1 is this step's index.
-        lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
-        metrics = {"train/lr": lrs[0]} if len(lrs) == 1 else {f"train/lr-{i}": lr for i, lr in enumerate(lrs)}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step - 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tensorboard = self._tensorboard(trainer)

@@ -21,7 +21,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from litpoly.callbacks import (
@@ -99,6 +99,9 @@ class LitCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_class_arguments(BestSettings, "best", instantiate=True)
         parser.add_class_arguments(EarlyStoppingSettings, "early_stopping", instantiate=True)
+        # Early stopping watches the metric the best checkpoint ranks by: one setting, not two that could disagree.
+        parser.link_arguments("best.monitor", "early_stopping.monitor")
+        parser.link_arguments("best.mode", "early_stopping.mode")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then find and check ``--ckpt_path``, and keep the command's settings as given.
@@ -162,7 +165,8 @@ class LitCLI(LightningCLI):
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
           nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
-        - ``RunReport`` (hyperparameters, config) and ``WeightsAsSaved`` (a checkpoint's weights in the run's
+        - ``RunReport`` (hyperparameters, config), Lightning's ``LearningRateMonitor`` (with a logger) and
+          ``WeightsAsSaved`` (a checkpoint's weights in the run's
           precision); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
           resumable, the RNG states in every checkpoint), the best checkpoint (``--best.monitor``) and early
           stopping (``--early_stopping.patience``); ``PredictionWriter`` for ``predict``.
@@ -205,9 +209,11 @@ class LitCLI(LightningCLI):
         added += [RunReport(), WeightsAsSaved()]
         if self.subcommand == "fit":
             added += [subconfig.guard, ExactResume()]
+            if config.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in given):
+                added.append(LearningRateMonitor(logging_interval="step"))  # at Lightning's logging cadence
             if checkpointing and (best := subconfig.best.callback()) is not None:
                 added.append(best)
-            if (early_stopping := subconfig.early_stopping.callback(subconfig.best)) is not None:
+            if (early_stopping := subconfig.early_stopping.callback()) is not None:
                 added.append(early_stopping)
         if self.subcommand == "predict":
             added.append(PredictionWriter())

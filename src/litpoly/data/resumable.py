@@ -9,14 +9,11 @@ what an interrupted epoch already served); :func:`why_not_resumable` says why a 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -28,7 +25,6 @@ from torch.utils.data import (
 )
 
 from litpoly import compat
-from litpoly.console import say
 
 
 def run_seed() -> int:
