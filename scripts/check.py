@@ -15,10 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from litpoly.check import main
-
-SCRIPTS = Path(__file__).resolve().parent
-#: The project's default run, as train.py uses it: the base of every command that names no model or data class.
-DEFAULT_CONFIG = SCRIPTS.parent / "configs" / "default.yaml"
+from litpoly.cli import DEFAULT_CONFIG
 
 if __name__ == "__main__":
-    raise SystemExit(main(None, SCRIPTS / "train.py", DEFAULT_CONFIG))
+    raise SystemExit(main(None, Path(__file__).resolve().parent / "train.py", DEFAULT_CONFIG))

@@ -15,7 +15,7 @@ ACCELERATOR="${ACCELERATOR:-gpu}"
 REPO="$PWD"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-export PYTHONPATH="$REPO/src:$REPO/tests${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO/src:$REPO/examples${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== the machine"
 if [ "$ACCELERATOR" = gpu ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
@@ -55,5 +55,5 @@ python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu --tb=line tests/run/test_gp
 echo "== 7. the benchmark's GPU rows"
 DEVICE=cuda; [ "$ACCELERATOR" = gpu ] || DEVICE=cpu
 (cd "$WORK" && python3 "$REPO/scripts/benchmark.py" --device "$DEVICE" --sizes "[2000, 20000000]" --repeats 3 \
-  --breakdown false --optimizers "[sgd]" --out "$WORK/benchmark.json" | grep -vE "repeat [0-9]/")
+  --breakdown false --optimizers "[sgd]" --json "$WORK/benchmark.json" | grep -vE "repeat [0-9]/")
 if [ -n "${OUT:-}" ]; then cp "$WORK/benchmark.json" "$OUT/benchmark.json"; fi

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError, auto_cli
 
-from litpoly.sweep import fail, sweep
-
-#: The project's default run, as train.py uses it: the base of a space whose args name no model or data class.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from litpoly.cli import DEFAULT_CONFIG, exit_status
+from litpoly.errors import RunError
+from litpoly.sweep import sweep
 
 
 def main(
@@ -43,5 +42,5 @@ def main(
 if __name__ == "__main__":
     try:
         auto_cli(main, as_positional=True, exit_on_error=False)
-    except ArgumentError as error:  # an unknown flag, a value of the wrong type: one line, as train.py's
-        fail(" ".join(str(error).split()))
+    except (ArgumentError, RunError) as error:  # an unknown flag, a bad space, a stopped sweep: one line, as train.py's
+        raise SystemExit(exit_status(error)) from None

@@ -5,7 +5,8 @@ Examples::
     python scripts/train.py fit                                  # the default config: the seed's cubic, SGD
     python scripts/train.py fit --config configs/rmsprop.yaml    # the seed's nn + RMSprop cell
     python scripts/train.py test --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
-    python scripts/train.py fit --help                           # every setting, with its default
+    python scripts/train.py fit --help                           # the Trainer's and the run layer's settings
+    python scripts/train.py fit --model.help sinefit.PolynomialRegressor   # the model's settings
 """
 
 from litpoly.cli import main

@@ -1,15 +1,16 @@
 """Two projects that are not reproducible, for ``scripts/check.py`` to catch (tests/run/test_check.py).
 
-Each is the two-moons problem (``tests/twomoons.py``) with one source of randomness that no seed reaches:
+Each is the two-moons problem (``examples/twomoons/``) with one source of randomness that no seed reaches:
 
 - :class:`NoisyClassifier` shifts its inputs at every training step by noise read from ``os.urandom``;
 - :class:`JitteredMoons` serves the points through a standard ``DataLoader`` whose worker processes shift each
   sample by an augmentation from ``np.random.default_rng()`` — a generator without a seed, drawn from the OS.
 
-Either one picked by class path over the two-moons config::
+Either one picked by class path over the two-moons config (this module is found on ``PYTHONPATH``)::
 
-    PYTHONPATH=tests python scripts/check.py --config tests/twomoons.yaml --model unreproducible.NoisyClassifier
-    PYTHONPATH=tests python scripts/check.py --config tests/twomoons.yaml --data unreproducible.JitteredMoons
+    export PYTHONPATH=tests
+    python scripts/check.py --config examples/twomoons/config.yaml --model unreproducible.NoisyClassifier
+    python scripts/check.py --config examples/twomoons/config.yaml --data unreproducible.JitteredMoons
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from twomoons import Batch, TwoMoonsClassifier, make_moons
+from twomoons import TwoMoonsClassifier, make_moons
+from twomoons.model import Batch
 
 
 def urandom_like(x: Tensor) -> Tensor:

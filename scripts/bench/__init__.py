@@ -7,5 +7,6 @@
   (and measured separately, from the process's start to its first step);
 - :mod:`bench.measure`: the orchestration — alternated repeats in fresh processes, medians and spreads,
   ratios, the breakdown, memory growth and start-up;
-- :mod:`bench.report`: the printed tables and the JSON file.
+- :mod:`bench.report`: the printed tables and the JSON file;
+- :mod:`bench.tables`: that JSON as the Markdown tables of ``docs/performance.md`` (standard library only).
 """

@@ -34,7 +34,7 @@ import torch
 
 from bench.clock import LoopClock, StepClock
 from litpoly.cli import DEFAULT_CONFIG, DEFAULT_SEED
-from litpoly.cli import run as cli_main
+from litpoly.cli import run as run_command
 from litpoly.compat import quiet_irrelevant_messages
 from litpoly.errors import RunError
 from litpoly.plugins import NullProfiler
@@ -141,7 +141,7 @@ def _litpoly(spec: Spec, root: str) -> StepClock:
     # LightningCLI warns when sys.argv holds other flags besides `args`, hence the plain argv.
     with mock.patch.object(sys, "argv", ["train.py"]):
         try:
-            cli = cli_main(args, default_config=DEFAULT_CONFIG)
+            cli = run_command(args, default_config=DEFAULT_CONFIG)
         except RunError as stop:  # a bad setting or a diverged run: a benchmark bug
             raise RuntimeError(f"litpoly {' '.join(args)} exited with status {stop.exit_code}") from None
     return next(c for c in cli.trainer.callbacks if isinstance(c, StepClock))  # type: ignore[attr-defined]
@@ -190,3 +190,8 @@ def run_in_new_process(spec: Spec) -> dict[str, Any]:
         if process.returncode != 0:
             raise RuntimeError(f"{spec} failed with status {process.returncode}:\n{process.stderr[-3000:]}")
         return json.loads(result.read_text())  # type: ignore[no-any-return]
+
+
+def run_child(spec_json: str, result_path: str) -> None:
+    """The child's side of :func:`run_in_new_process`: run the spec, write its result where the parent reads it."""
+    Path(result_path).write_text(json.dumps(run(Spec.from_json(spec_json))))

@@ -15,8 +15,8 @@ from bench.contestants import Spec, run, run_in_new_process
 #: A row whose repeats spread (their interquartile range) by more than this share of its median is not a result.
 MAX_SPREAD = 0.10
 
-#: Seconds to wait before a large run: right after another process freed gigabytes, a run's steps came out up
-#: to 60% slower (measured here: 124–167 ms for the raw loop's 100 ms step).
+#: Seconds to wait before a large run: right after another process has freed gigabytes, the kernel is still
+#: taking the pages back, and a run started at once is slowed by it.
 SETTLE_S = 5.0
 
 #: The breakdown at the seed's size (SGD): each entry switches one of litpoly's default features off; its cost
@@ -48,7 +48,7 @@ def window_for(size: int, quick: bool) -> Window:
     if quick:
         return Window(steps=80, start=20, stop=70)
     # A small step is timed over 2000 steps (the default run's length, validations and checkpoints included);
-    # a 100 ms step over 20, after 5 steps of warm-up.
+    # a large one, whose every step is long, over 20, after 5 steps of warm-up.
     return Window(2400, 200, 2200) if size <= 100_000 else Window(30, 5, 25)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 from pathlib import Path
@@ -72,3 +73,9 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
         if target["met"] is None and target["resolved"] and paired:
             verdict = f"within the noise: the repeats' own ratios span {paired[0]:.3f}–{paired[1]:.3f}"
         print(f"  {target['name']}: {target['value']:.3f} (target ≤ {target['limit']}) — {verdict}")
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    """The results as JSON (the parent folder created): what ``scripts/bench/tables.py`` renders as tables."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))

@@ -9,7 +9,7 @@ class ReuseLastInput(nn.Module):
     """A drop-in wrapper for a parameter-free, deterministic module: called again with the very same tensor,
     unmodified since, it returns the output it computed last time instead of computing it again.
 
-    Full-batch training feeds the model the same tensors every step (:class:`~litpoly.loader.StepLoader`
+    Full-batch training feeds the model the same tensors every step (:class:`~litpoly.data.StepLoader`
     serves them without a copy), so a fixed transform of the inputs — the powers of ``x``, a polynomial
     basis, an embedding lookup table that is not trained — would be recomputed identically every step.
     A hand-written training loop computes such features once, before the loop; wrapped in this, a model

@@ -1,6 +1,6 @@
 """The data: ``y = sin(x)`` on evenly spaced points, served one optimizer step per batch.
 
-Training batches come from :class:`litpoly.loader.StepLoader`: by default the full batch of all points every
+Training batches come from :class:`litpoly.data.StepLoader`: by default the full batch of all points every
 step, as in the seed's ``for t in range(2000)`` loop; with ``batch_size`` set, shuffled mini-batch slices of
 the same tensors. Validation, test and predict use the midpoints between neighbouring training points, so the
 reported metrics come from points the model never trained on.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from functools import partial
 
 import lightning as L
 import torch
@@ -15,10 +15,10 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, 
 from litpoly.errors import SettingError
 from sinefit.cache import ReuseLastInput
 from sinefit.parity import ParityCheck
-from sinefit.polynomial import coefficient_names
+from sinefit.polynomial import coefficient_names, named_coefficients
+from sinefit.reference import Optimizer
 from sinefit.report import SineReport
 
-Optimizer = Literal["sgd", "rmsprop"]
 Batch = tuple[Tensor, Tensor]
 
 #: Default learning rate per optimizer, as in the seed. SGD's is tiny because the loss is a *sum* of
@@ -123,7 +123,7 @@ class PolynomialRegressor(L.LightningModule):
 
     def coefficient_dict(self) -> dict[str, float]:
         """The current coefficients by name (``{'a': …, 'b': …}``), as Python floats."""
-        return dict(zip(coefficient_names(self.degree), self.coefficients.detach().cpu().tolist(), strict=True))
+        return named_coefficients(self.coefficients.detach().cpu().tolist())
 
     def setup(self, stage: str) -> None:
         num_samples = getattr(getattr(self.trainer, "datamodule", None), "num_samples", None)
@@ -178,8 +178,15 @@ class PolynomialRegressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The example's own reports, attached wherever the model runs (fit, validate, test, predict)."""
-        callbacks: list[L.Callback] = [SineReport(figure=bool(self.hparams.get("figure", True)))]
+        """The example's own reports, attached wherever the model runs (fit, validate, test, predict).
+
+        They are handed the settings they report on, and functions that read the coefficients and their exact
+        start when needed (rather than tensors now): the coefficients change every step, moving the model to the
+        run's device replaces the start's tensor, and a resumed run loads both from its checkpoint."""
+        coefficients = partial(self.get_parameter, "coefficients")
+        figure = bool(self.hparams.get("figure", True))
+        callbacks: list[L.Callback] = [SineReport(coefficients, self.optimizer_name, self.lr, figure=figure)]
         if self.hparams.get("parity", True):
-            callbacks.append(ParityCheck())
+            start = partial(self.get_buffer, "initial_coefficients")
+            callbacks.append(ParityCheck(coefficients, start, self.optimizer_name))
         return callbacks

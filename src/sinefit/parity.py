@@ -10,16 +10,15 @@ length, from the run itself:
   relative loss difference ≤ ~5e-15 and coefficients ≤ ~7e-16 in float64, ≤ ~4e-6 and ~7e-7 in float32.
   A long float32 run also *stalls*: near the optimum an update smaller than half a unit in the last place
   of a coefficient rounds away, so the run stops where the exact one goes on, up to 1.4e-5 from it after
-  10 000 steps. :func:`sgd_stall_bound` derives that distance from the run's points, lr, dtype and end
-  (1.44e-5 here), and the coefficient tolerance allows twice it — it is 3e-14 in float64.
+  10 000 steps. :func:`sgd_stall_bound` derives that distance from the run's points, lr, dtype and end,
+  and the coefficient tolerance allows twice it.
 - RMSprop matches as tightly while the run is far from the optimum. Near it, its step is ±lr
   whatever the gradient's size, so once a gradient component changes sign a rounding difference
   can flip a step, and the two runs wander apart by O(lr) — in float64 as in float32. From the
   reference's first gradient sign change on, coefficients are held to ``2·lr / sqrt(1 − alpha)``:
   RMSprop's running average obeys ``v ≥ (1 − alpha)·g²``, so no step is longer than
   ``lr / sqrt(1 − alpha)`` (10·lr for the default alpha), and two runs that each stay within one
-  such step of a common path are at most twice that apart. Measured: at most 7.4·lr; the first
-  sign change came at step 51 or later. The SGD bounds are never widened for RMSprop.
+  such step of a common path are at most twice that apart. The SGD bounds are never widened for RMSprop.
 
 Every step is compared, so even an RMSprop run that leaves lock-step early is checked tightly where it
 can be: a 1% error in lr shows in the first steps at once.
@@ -28,8 +27,9 @@ can be: a 1% error in lr shows in the first steps at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -39,9 +39,6 @@ from jsonargparse.typing import PositiveInt
 from litpoly.console import say, step_loss
 from sinefit import reference
 from sinefit.polynomial import coefficient_names
-
-if TYPE_CHECKING:
-    from sinefit.model import PolynomialRegressor
 
 #: Rounding tolerances per dtype: (relative loss difference, absolute coefficient difference).
 ROUNDING_TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
@@ -207,29 +204,11 @@ def compare(
     optimum, optimum_loss = reference.closed_form(x, y, len(lightning_final) - 1)
     # SGD stays in lock-step throughout; RMSprop until its first gradient sign change (see module docstring).
     lockstep_until = replay.first_sign_change if tolerance.wander_atol is not None else None
-
-    def lockstep(step: int | float) -> bool:
-        return lockstep_until is None or step < lockstep_until
-
-    # Comparisons are written as `not (diff <= tol)` so that a NaN anywhere is a failure, never a pass.
-    failures = []
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.abs(lightning_losses - ref_losses) / np.abs(ref_losses)
     coef_diff = np.abs(lightning_coefficients - ref_coefficients).max(axis=1, initial=0.0)
-    tight = np.array([lockstep(t) for t in steps], dtype=bool)
-    if not np.all(rel[tight] <= tolerance.loss_rtol):
-        t = steps[tight][np.argmax(rel[tight])]
-        failures.append(f"loss rel. diff {rel[tight].max():.2e} at step {t}")
-    if not np.all(coef_diff[tight] <= tolerance.coef_atol):
-        failures.append(
-            f"coefficients differ by {coef_diff[tight].max():.2e} at step {steps[tight][np.argmax(coef_diff[tight])]}"
-        )
-    if tolerance.wander_atol is not None and not np.all(coef_diff[~tight] <= tolerance.wander_atol):
-        failures.append(f"coefficients wandered {coef_diff[~tight].max():.2e} apart")
     final_diff = float(np.abs(lightning_final - replay.final_coefficients).max())
-    final_atol = tolerance.coef_atol if lockstep(math.inf) else tolerance.wander_atol
-    if final_atol is not None and not final_diff <= final_atol:
-        failures.append(f"final coefficients differ by {final_diff:.2e}")
+    failures = _failures(steps, rel, coef_diff, final_diff, lockstep_until, tolerance)
     return ParityReport(
         steps=steps,
         lightning_losses=lightning_losses,
@@ -244,8 +223,42 @@ def compare(
         optimum_loss=optimum_loss,
         lockstep_until=lockstep_until,
         tolerance=tolerance,
-        failures=tuple(failures),
+        failures=failures,
     )
+
+
+def _failures(
+    steps: np.ndarray,
+    rel: np.ndarray,
+    coef_diff: np.ndarray,
+    final_diff: float,
+    lockstep_until: int | None,
+    tolerance: Tolerance,
+) -> tuple[str, ...]:
+    """Where the two runs disagree beyond ``tolerance``, one line each (none: they match), from the relative loss
+    difference ``rel`` and the largest coefficient difference ``coef_diff`` at each of ``steps``, and the largest
+    difference of the final coefficients; from step ``lockstep_until`` on (``None``: never), RMSprop is held to
+    ``tolerance.wander_atol``."""
+
+    def lockstep(step: int | float) -> bool:
+        return lockstep_until is None or step < lockstep_until
+
+    # Comparisons are written as `not (diff <= tol)` so that a NaN anywhere is a failure, never a pass.
+    failures = []
+    tight = np.array([lockstep(t) for t in steps], dtype=bool)
+    if not np.all(rel[tight] <= tolerance.loss_rtol):
+        t = steps[tight][np.argmax(rel[tight])]
+        failures.append(f"loss rel. diff {rel[tight].max():.2e} at step {t}")
+    if not np.all(coef_diff[tight] <= tolerance.coef_atol):
+        failures.append(
+            f"coefficients differ by {coef_diff[tight].max():.2e} at step {steps[tight][np.argmax(coef_diff[tight])]}"
+        )
+    if tolerance.wander_atol is not None and not np.all(coef_diff[~tight] <= tolerance.wander_atol):
+        failures.append(f"coefficients wandered {coef_diff[~tight].max():.2e} apart")
+    final_atol = tolerance.coef_atol if lockstep(math.inf) else tolerance.wander_atol
+    if final_atol is not None and not final_diff <= final_atol:
+        failures.append(f"final coefficients differ by {final_diff:.2e}")
+    return tuple(failures)
 
 
 class ParityCheck(L.Callback):
@@ -259,12 +272,25 @@ class ParityCheck(L.Callback):
     Attached by :class:`~sinefit.model.PolynomialRegressor` unless ``--model.parity false``.
 
     Args:
+        coefficients: Reads the model's current coefficients, lowest power first, in the dtype it trains in.
+        start: Reads the exact coefficients the run started from, in float64.
+        optimizer: The model's optimizer, ``sgd`` or ``rmsprop``: the one the reference replays.
         every_n_steps: A row of the table every this many steps.
         max_point_steps: Skip (and say so) when points × steps exceeds this: the numpy replay then takes
             about as long as the training itself.
     """
 
-    def __init__(self, every_n_steps: PositiveInt = 100, max_point_steps: PositiveInt = 10**8):
+    def __init__(
+        self,
+        coefficients: Callable[[], torch.Tensor],
+        start: Callable[[], torch.Tensor],
+        optimizer: reference.Optimizer,
+        every_n_steps: PositiveInt = 100,
+        max_point_steps: PositiveInt = 10**8,
+    ) -> None:
+        self.coefficients = coefficients
+        self.start = start
+        self.optimizer = optimizer
         self.every_n_steps = every_n_steps
         self.max_point_steps = max_point_steps
         self.report: ParityReport | None = None
@@ -299,7 +325,7 @@ class ParityCheck(L.Callback):
             say(f"Parity check skipped: {reason}.")
         self._active = reason is None
         self._first_step = trainer.global_step  # 0, or where a resumed run goes on
-        self._coefficients = [pl_module.coefficients.detach().clone()] if self._active else []  # type: ignore[operator]
+        self._coefficients = [self.coefficients().detach().clone()] if self._active else []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -309,19 +335,18 @@ class ParityCheck(L.Callback):
             if self._batch is None:
                 self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
             self._losses.append(loss.detach())
-            self._coefficients.append(pl_module.coefficients.detach().clone())  # type: ignore[operator]
+            self._coefficients.append(self.coefficients().detach().clone())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active or self._batch is None or not self._losses:
             return
-        model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
-        optimizer = trainer.optimizers[0]
-        group = optimizer.param_groups[0]
+        group = trainer.optimizers[0].param_groups[0]
         x, y = (t.detach().double().cpu().numpy() for t in self._batch)
+        final = self.coefficients().detach()
         # The start the run really took: the exact initial coefficients in the dtype it trains in.
-        start = model.initial_coefficients.to(model.coefficients.dtype).double().cpu().numpy()
+        start = self.start().to(final.dtype).double().cpu().numpy()
         replay = reference.run(
-            model.optimizer_name,
+            self.optimizer,
             x,
             y,
             start,
@@ -332,8 +357,8 @@ class ParityCheck(L.Callback):
             record_every=1,
         )
         tolerance = Tolerance.for_run(
-            model.optimizer_name,
-            model.coefficients.dtype,
+            self.optimizer,
+            final.dtype,
             group["lr"],
             group.get("alpha", 0.99),
             x=x,
@@ -344,15 +369,15 @@ class ParityCheck(L.Callback):
             steps=np.arange(self._first_step, self._first_step + len(self._losses)),
             lightning_losses=torch.stack(self._losses).double().cpu().numpy(),
             lightning_coefficients=coefficients[:-1],
-            lightning_final=model.coefficients.detach().double().cpu().numpy(),
+            lightning_final=final.double().cpu().numpy(),
             replay=replay,
             x=x,
             y=y,
             tolerance=tolerance,
         )
-        dtype = str(model.coefficients.dtype).removeprefix("torch.")
+        dtype = str(final.dtype).removeprefix("torch.")
         header = (
-            f"Parity with the numpy reference ({model.optimizer_name}, lr={group['lr']:g}, {dtype}, "
+            f"Parity with the numpy reference ({self.optimizer}, lr={group['lr']:g}, {dtype}, "
             f"{trainer.global_step} steps from the same start):"
         )
         say(header + "\n" + self.report.format(self.every_n_steps))

@@ -17,6 +17,16 @@ def coefficient_names(degree: int) -> list[str]:
     return [f"w{k}" for k in range(degree + 1)]
 
 
+def named_coefficients(coefficients: list[float]) -> dict[str, float]:
+    """The coefficients by name, lowest power first.
+
+    Example:
+        >>> named_coefficients([0.5, -1.0, 2.0])
+        {'a': 0.5, 'b': -1.0, 'c': 2.0}
+    """
+    return dict(zip(coefficient_names(len(coefficients) - 1), coefficients, strict=True))
+
+
 def format_polynomial(coefficients: list[float]) -> str:
     """The seed's result line: ``y = a + b x + c x^2 + d x^3`` with the numbers filled in.
 

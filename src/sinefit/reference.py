@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 Array = NDArray[np.float64]
+#: The optimizers the reference replays (and the model offers).
+Optimizer = Literal["sgd", "rmsprop"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def sum_squared_error(x: ArrayLike, y: ArrayLike, w: ArrayLike) -> float:
 
 
 def run(
-    optimizer: Literal["sgd", "rmsprop"],
+    optimizer: Optimizer,
     x: ArrayLike,
     y: ArrayLike,
     w0: ArrayLike,
@@ -91,12 +94,10 @@ def run(
     Returns:
         The recorded :class:`Trajectory`.
     """
-    if optimizer not in ("sgd", "rmsprop"):
-        raise ValueError(f"Expected `optimizer` to be 'sgd' or 'rmsprop', got {optimizer!r}")
     w = np.array(w0, dtype=np.float64)
+    update = _update_rule(optimizer, lr, alpha, eps, w.shape[0])
     vander = vandermonde(x, w.shape[0] - 1)
     target = np.asarray(y, dtype=np.float64)
-    square_avg = np.zeros_like(w)
     steps, losses, coefficients = [], [], []
     first_sign_change, previous_sign = None, None
     # A diverging run (lr above the stability limit) is a legitimate result: let it reach inf/nan quietly.
@@ -112,11 +113,7 @@ def run(
             if first_sign_change is None and previous_sign is not None and np.any(sign * previous_sign < 0):
                 first_sign_change = t
             previous_sign = sign
-            if optimizer == "sgd":
-                w = w - lr * grad
-            else:
-                square_avg = alpha * square_avg + (1.0 - alpha) * grad * grad
-                w = w - lr * grad / (np.sqrt(square_avg) + eps)
+            w = update(w, grad)
         final = vander @ w - target
     return Trajectory(
         steps=np.array(steps, dtype=np.int64),
@@ -126,6 +123,24 @@ def run(
         final_loss=float(final @ final),
         first_sign_change=first_sign_change,
     )
+
+
+def _update_rule(
+    optimizer: Optimizer, lr: float, alpha: float, eps: float, size: int
+) -> Callable[[Array, Array], Array]:
+    """One step of ``optimizer``, ``w, ∇L(w) ↦ w_next``; RMSprop's running average ``v`` is kept between calls."""
+    if optimizer == "sgd":
+        return lambda w, grad: w - lr * grad
+    if optimizer != "rmsprop":
+        raise ValueError(f"Expected `optimizer` to be 'sgd' or 'rmsprop', got {optimizer!r}")
+    square_avg = np.zeros(size)
+
+    def rmsprop(w: Array, grad: Array) -> Array:
+        nonlocal square_avg
+        square_avg = alpha * square_avg + (1.0 - alpha) * grad * grad
+        return w - lr * grad / (np.sqrt(square_avg) + eps)
+
+    return rmsprop
 
 
 def closed_form(x: ArrayLike, y: ArrayLike, degree: int = 3, chunk: int = 100_000) -> tuple[Array, float]:

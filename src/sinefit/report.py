@@ -17,8 +17,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -31,10 +32,7 @@ from litpoly.data.step_loader import StepLoader
 from sinefit import reference
 from sinefit.figures import BackgroundWriter, FitFigure, add_figure, plot_predictions
 from sinefit.parity import sgd_stall_bound
-from sinefit.polynomial import coefficient_names, format_polynomial
-
-if TYPE_CHECKING:
-    from sinefit.model import PolynomialRegressor
+from sinefit.polynomial import coefficient_names, format_polynomial, named_coefficients
 
 #: The fit figure draws at most this many training points.
 FIGURE_POINTS = 200
@@ -55,10 +53,18 @@ class SineReport(L.Callback):
     """The example's own report: closed-form optimum, gap to it, fit figure, ``Result:`` line, SGD's limit.
 
     Args:
+        coefficients: Reads the model's current coefficients, lowest power first (their number sets the degree).
+        optimizer: The model's optimizer, ``sgd`` or ``rmsprop`` (SGD's limits are warned about).
+        lr: The model's learning rate.
         figure: Draw the fit figure (and log the equation) at each validation.
     """
 
-    def __init__(self, figure: bool = True) -> None:
+    def __init__(
+        self, coefficients: Callable[[], torch.Tensor], optimizer: reference.Optimizer, lr: float, figure: bool = True
+    ) -> None:
+        self.coefficients = coefficients
+        self.optimizer = optimizer
+        self.lr = lr
         self.figure = figure
         self.optimum: np.ndarray | None = None
         self.floor = 0.0
@@ -67,22 +73,25 @@ class SineReport(L.Callback):
         self._writer = BackgroundWriter()
         self._predictions: list[dict[str, torch.Tensor]] = []
 
+    def _named_coefficients(self) -> dict[str, float]:
+        return named_coefficients(self.coefficients().detach().cpu().tolist())
+
     @staticmethod
     def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     # -- before training ------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        model: PolynomialRegressor = pl_module  # type: ignore[assignment]  # attached by this model only
         points = trained_points(trainer)
         if points is None:
             say("Note: the training loader is not a StepLoader of (x, y): no optimum, gap or fit figure.")
             return
         x, y = points
-        self._warn_above_stability_limit(trainer, model, x)
+        degree = self.coefficients().numel() - 1
+        self._warn_above_stability_limit(trainer, x, degree)
         # The floor of this run: the least-squares fit of the very points it trains on.
-        self.optimum, self.floor = reference.closed_form(x, y, model.degree)
-        self._warn_if_sgd_will_stall(model, x)
+        self.optimum, self.floor = reference.closed_form(x, y, degree)
+        self._warn_if_sgd_will_stall(x)
         every = max(1, len(x) // FIGURE_POINTS)
         grid = np.linspace(float(x[0]), float(x[-1]), 400)
         target = getattr(trainer.datamodule, "target", torch.sin)  # type: ignore[attr-defined]
@@ -91,7 +100,7 @@ class SineReport(L.Callback):
         self._log_optimum(trainer, step=trainer.global_step)
         tensorboard = self._tensorboard(trainer)
         if tensorboard is not None and trainer.is_global_zero:
-            names = coefficient_names(model.degree)
+            names = coefficient_names(degree)
             tensorboard.experiment.add_custom_scalars(
                 {
                     "Coefficients vs closed form": {n: ["Multiline", [f"coef/{n}", f"optimum/{n}"]] for n in names},
@@ -102,29 +111,29 @@ class SineReport(L.Callback):
                 }
             )
 
-    @staticmethod
-    def _warn_above_stability_limit(trainer: L.Trainer, model: PolynomialRegressor, x: np.ndarray) -> None:
-        if model.optimizer_name != "sgd" or getattr(trainer.datamodule, "batch_size", None) is not None:  # type: ignore[attr-defined]
+    def _warn_above_stability_limit(self, trainer: L.Trainer, x: np.ndarray, degree: int) -> None:
+        if self.optimizer != "sgd" or getattr(trainer.datamodule, "batch_size", None) is not None:  # type: ignore[attr-defined]
             return  # mini-batch SGD: each step sees a different, smaller sum
-        limit = reference.sgd_stability_limit(x, model.degree)
-        if model.lr >= limit:
+        limit = reference.sgd_stability_limit(x, degree)
+        if self.lr >= limit:
             say(
-                f"Warning: SGD lr {model.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
+                f"Warning: SGD lr {self.lr:g} is above the stability limit 2/λmax(2XᵀX) = {limit:.3g} "
                 "for these points: the loss will grow every step.",
                 stderr=True,
             )
 
-    def _warn_if_sgd_will_stall(self, model: PolynomialRegressor, x: np.ndarray) -> None:
+    def _warn_if_sgd_will_stall(self, x: np.ndarray) -> None:
         """Before training: how far from the optimum SGD stops in the weights' dtype (its updates round away
         there, see :func:`~sinefit.parity.sgd_stall_bound`); said when that is more than 1% of the optimum."""
         assert self.optimum is not None
-        if model.optimizer_name != "sgd":
+        if self.optimizer != "sgd":
             return
-        stall = sgd_stall_bound(x, self.optimum, model.lr, model.coefficients.dtype)
+        weights = self.coefficients().dtype  # in the run's precision by now
+        stall = sgd_stall_bound(x, self.optimum, self.lr, weights)
         if stall > 0.01 * np.abs(self.optimum).max():
-            dtype = str(model.coefficients.dtype).removeprefix("torch.")
+            dtype = str(weights).removeprefix("torch.")
             say(
-                f"Warning: in {dtype} at lr {model.lr:g}, SGD stops moving up to {stall:.2g} from the optimum (its "
+                f"Warning: in {dtype} at lr {self.lr:g}, SGD stops moving up to {stall:.2g} from the optimum (its "
                 f"updates round away there): this run cannot fit well. Use a wider precision (32-true, "
                 "bf16-mixed) or a larger lr.",
                 stderr=True,
@@ -147,10 +156,9 @@ class SineReport(L.Callback):
         loss = step_loss(outputs)
         if self.optimum is None or every <= 0 or trainer.global_step % every or loss is None:
             return
-        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
         total = float(trainer.strategy.reduce(loss.detach(), reduce_op="mean"))  # the sum over all points
         # Straight to the loggers in one call: `self.log` costs far more per value.
-        metrics = {f"coef/{name}": value for name, value in model.coefficient_dict().items()}
+        metrics = {f"coef/{name}": value for name, value in self._named_coefficients().items()}
         metrics["train/gap_to_optimum"] = total - self.floor
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step - 1)
@@ -163,8 +171,7 @@ class SineReport(L.Callback):
             return
         if self._figure is None:
             self._figure = FitFigure(*self._figure_data)
-        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
-        coefficients = list(model.coefficient_dict().values())
+        coefficients = self.coefficients().detach().cpu().tolist()
         image, step, experiment = self._figure.render(coefficients), trainer.global_step, tensorboard.experiment
         self._writer.submit(add_figure, experiment, "fit", image, step)
         self._writer.submit(experiment.add_text, "equation", format_polynomial(coefficients), step)
@@ -172,15 +179,14 @@ class SineReport(L.Callback):
     # -- at the end -----------------------------------------------------------------------------------
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._writer.close()
-        model: PolynomialRegressor = pl_module  # type: ignore[assignment]
-        coefficients = model.coefficient_dict()
+        coefficients = self._named_coefficients()
         say(f"Result: {format_polynomial(list(coefficients.values()))}")
         loader = trainer.train_dataloader
         if self.optimum is None or not isinstance(loader, StepLoader):
             return
         x, y = loader.tensors  # all the training points, on the device: for a full batch, the powers are reused
         with torch.no_grad():
-            final_loss = float(F.mse_loss(model(x), y, reduction="sum"))
+            final_loss = float(F.mse_loss(pl_module(x), y, reduction="sum"))
         self._log_optimum(trainer, step=trainer.global_step)
         # The coefficient curves end on the values of the `Result:` line, at the final step.
         final = {f"coef/{name}": value for name, value in coefficients.items()}

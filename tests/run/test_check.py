@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, DIGITS, REPO, TESTS, TRAIN, subprocess_env
+from helpers import DIGITS, EXAMPLES, REPO, TRAIN, subprocess_env
 from litpoly.check import PROPERTIES, main
+from litpoly.cli import DEFAULT_CONFIG
 
 CHECK = REPO / "scripts" / "check.py"
-TWOMOONS = ("--config", str(TESTS / "twomoons.yaml"))
+TWOMOONS = ("--config", str(EXAMPLES / "twomoons" / "config.yaml"))
 
 
 def table_rows(output: str) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PROBLEMS, Problem, RunCLI, load_checkpoint, run_folder
+from helpers import PROBLEMS, Problem, RunCLI, load_checkpoint, run_folder
 
 
 class _Payload:

@@ -9,8 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import (
-    DEFAULT_CONFIG,
+from helpers import (
     PROBLEMS,
     REPO,
     TWOMOONS,
@@ -21,6 +20,7 @@ from conftest import (
     run_folder,
     run_train,
 )
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 from litpoly.cli.arguments import given_keys, names_a_class
 from litpoly.data.step_loader import StepLoader
@@ -101,7 +101,7 @@ def test_print_config_round_trips(
 
 
 def test_a_config_with_its_own_classes_does_not_inherit_the_default_run(run_cli: RunCLI) -> None:
-    """tests/twomoons.yaml names its classes: none of the sine example's settings (2000 points, 2400 steps,
+    """examples/twomoons/config.yaml names its classes: none of the sine example's settings (2000 points, 2400 steps,
     validation every 100 steps, a checkpoint every 500) reaches it, even where names coincide."""
     cli = run_cli("fit", *TWOMOONS.select, "--trainer.max_epochs", "1")
     assert cli.datamodule.hparams["num_samples"] == 1000  # its own default, not the sine's 2000
@@ -116,8 +116,8 @@ def test_a_config_with_its_own_classes_does_not_inherit_the_default_run(run_cli:
         (["--model.optimizer", "rmsprop", "--config", "configs/rmsprop.yaml"], False),
         (["--model", "pkg.Model"], True),
         (["--data=pkg.Data"], True),
-        (["--config", "tests/twomoons.yaml"], True),
-        (["-c", "tests/twomoons.yaml"], True),
+        (["--config", "examples/twomoons/config.yaml"], True),
+        (["-c", "examples/twomoons/config.yaml"], True),
         (["--config=configs/default.yaml"], True),
     ],
 )
@@ -132,7 +132,7 @@ def test_given_settings_are_found_in_flags_and_config_files(monkeypatch: pytest.
     monkeypatch.chdir(REPO)
     args = ["--model.degree", "5", "--model.init_args.lr=0.1", "--config", "configs/rmsprop.yaml", "--data.x_min", "0"]
     assert given_keys(args, "model") == {"degree", "lr", "optimizer"}
-    assert given_keys(["--config", "tests/twomoons.yaml"], "model") == {"hidden", "lr"}
+    assert given_keys(["--config", "examples/twomoons/config.yaml"], "model") == {"hidden", "lr"}
     assert given_keys(args, "data") == {"x_min"}
 
 

@@ -1,10 +1,11 @@
 """One process or two: Lightning's DDP on the CPU (gloo), for a summed loss and for a mean loss.
 
-The rule (see litpoly.loader): every batch is split into equal shards, one per process, and DDP averages
+The rule (see litpoly.data.step_loader): every batch is split into equal shards, one per process, and DDP averages
 the processes' gradients — exactly the one-process gradient for a mean loss (two-moons), and for a sum loss
 multiplied by the number of processes (sine). A batch that cannot be split evenly is refused. With a standard
 DataLoader (digits), 2 processes of batch B draw their shares of the permutation one process of batch 2B draws
-(litpoly.resume), so they end where it does; a training set that does not split evenly is said before training.
+(litpoly.callbacks.resume), so they end where it does; a training set that does not split evenly is said before
+training.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     PROBLEMS,
     REPO,
     Problem,
@@ -25,9 +26,9 @@ from conftest import (
     load_checkpoint,
     run_folder,
     run_train,
+    start_and_signal,
     train_command,
 )
-from test_resume import start_and_signal
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 

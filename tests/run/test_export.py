@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, Problem, RunCLI, held_out, run_folder, subprocess_env
+from helpers import REPO, Problem, RunCLI, held_out, run_folder, subprocess_env
 
 #: Run in a process that imports neither the run layer nor any model: only onnxruntime and torch.
 READ_BACK = """

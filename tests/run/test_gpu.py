@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PROBLEMS, RunCLI, load_checkpoint, run_folder
+from helpers import PROBLEMS, RunCLI, load_checkpoint, run_folder
 from litpoly.cli.litcli import LitCLI
 from sinefit.parity import ParityCheck
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, TESTS, subprocess_env
+from helpers import EXAMPLES, REPO, subprocess_env
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -43,7 +43,7 @@ import litpoly
 for module in pkgutil.iter_modules(litpoly.__path__):
     importlib.import_module("litpoly." + module.name)
 from litpoly.cli import run as run_command
-config = ["--config", {str(TESTS / "twomoons.yaml")!r}, "--trainer.max_epochs", "2"]
+config = ["--config", {str(EXAMPLES / "twomoons" / "config.yaml")!r}, "--trainer.max_epochs", "2"]
 config += ["--trainer.enable_progress_bar", "false"]
 fit = run_command(["fit", *config])
 run_command(["validate", *config, "--ckpt_path", "last"])

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import SINE, Problem, RunCLI
+from helpers import SINE, Problem, RunCLI
 from litpoly.callbacks.checkpoint import PeriodicCheckpoint
 from litpoly.callbacks.progress import LineProgress, TimedProgressBar
 from litpoly.loggers import ThrottledTensorBoardLogger

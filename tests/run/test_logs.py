@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,10 @@ from typing import Any
 import pytest
 import yaml
 from lightning import LightningModule
-from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import PROBLEMS, Problem, RunCLI, held_out, http_json, run_folder
+from helpers import PROBLEMS, Problem, RunCLI, free_port, held_out, hparams_plugin, http_json, run_folder
 from litpoly.callbacks.report import flat_hparams
 
 
@@ -26,12 +24,6 @@ def load(run: Path) -> EventAccumulator:
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     return events
-
-
-def hparams_plugin(run: Path) -> dict[str, Any]:
-    accumulator = plugin_event_accumulator.EventAccumulator(str(run))
-    accumulator.Reload()
-    return accumulator.PluginTagToContent("hparams")  # type: ignore[no-any-return]
 
 
 def replayed_learning_rates(model: LightningModule, steps: int) -> list[float]:
@@ -97,12 +89,6 @@ def test_hyperparameters_and_config_are_the_runs(problem: Problem, run_cli: RunC
     assert all(saved[k] == logged[k] for k in saved)
     text = load(run).Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert [line.removeprefix("    ") for line in text.splitlines()] == (run / "config.yaml").read_text().splitlines()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

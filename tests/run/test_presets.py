@@ -11,7 +11,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DEFAULT_CONFIG, REPO, Problem, RunCLI, load_checkpoint, run_folder
+from helpers import REPO, Problem, RunCLI, load_checkpoint, run_folder
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 
 PRESETS = REPO / "configs" / "presets"

@@ -12,14 +12,21 @@ import random
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from conftest import PROBLEMS, Problem, assert_same_weights, load_checkpoint, subprocess_env, train_command
+from helpers import (
+    PROBLEMS,
+    Problem,
+    assert_same_optimizer_state,
+    assert_same_weights,
+    load_checkpoint,
+    start_and_signal,
+    subprocess_env,
+    train_command,
+)
 
 
 def fit(problem: Problem, *args: str) -> list[str]:
@@ -33,30 +40,6 @@ def last_checkpoint(cwd: Path, version: int) -> Path:
 
 def optimizer_state(path: Path) -> dict[str, Any]:
     return load_checkpoint(path)["optimizer_states"][0]["state"]  # type: ignore[no-any-return]
-
-
-def assert_same_optimizer_state(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a.keys() == b.keys()
-    for index, state in a.items():
-        for key, value in state.items():  # RMSprop's running averages, Adam's moments and step count
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[index][key])), (index, key)
-
-
-def start_and_signal(
-    args: list[str], cwd: Path, at_step: int, signum: int, delay: float = 0.0
-) -> subprocess.Popen[str]:
-    """Start a real training process; once it has printed step ``at_step``, wait ``delay`` s and send ``signum``."""
-    process = subprocess.Popen(
-        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = re.match(r"^(\d+) ", line)
-        if match and int(match.group(1)) >= at_step:
-            time.sleep(delay)
-            process.send_signal(signum)
-            break
-    return process
 
 
 @pytest.mark.slow

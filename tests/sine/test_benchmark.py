@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 
 @pytest.fixture
@@ -24,11 +27,12 @@ def test_quick_benchmark_writes_consistent_json(
     from benchmark import benchmark  # scripts/benchmark.py
 
     out = tmp_path / "b.json"
-    returned = benchmark(quick=True, repeats=2, out=out)
+    returned = benchmark(quick=True, repeats=2, json=out)
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report == json.loads(json.dumps(returned))
     assert report["machine"]["device"] == "cpu"
+    assert len(report["machine"]["load_average_at_end"]) == 3  # other work during the run shows in the tables
     size = report["sizes"]["500"]
     assert size["repeats"] == 2
     rows = size["rows"]
@@ -58,6 +62,63 @@ def test_quick_benchmark_writes_consistent_json(
         assert cost["cost_ms"] == pytest.approx(rows["litpoly/sgd"]["step_ms"] - without["step_ms"])
     assert "What each default feature of litpoly's fit costs per step" in printed
     assert f"Results written to {out}" in printed
+    check_tables(report)
+
+
+def check_tables(report: dict[str, Any]) -> None:
+    """docs/performance.md's tables, rendered from this JSON: every row and figure from it, nothing else moved."""
+    from bench.tables import BEGIN, END, render, replace_tables
+
+    tables = render(report)
+    rows, ratios = report["sizes"]["500"]["rows"], report["sizes"]["500"]["ratios"]
+    assert f"torch {report['machine']['torch']}, Lightning {report['machine']['lightning']}" in tables
+    for optimizer in ("sgd", "rmsprop"):
+        line = next(line for line in tables.splitlines() if line.startswith(f"| 500 | {optimizer} |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        litpoly = rows[f"litpoly/{optimizer}"]
+        assert cells[5].startswith(f"{litpoly['step_ms']:.4g} ms (±{litpoly['spread_ms']:.2g})")
+        assert cells[5].endswith("unresolved") != litpoly["resolved"]
+        assert cells[6].startswith(f"{ratios[f'litpoly/bare ({optimizer})']['value']:.3f}x")
+        if optimizer == "rmsprop":
+            assert cells[4] == "–"  # bare + NullProfiler: timed with SGD only
+    breakdown = report["sizes"]["500"]["breakdown"]
+    costs = [line for line in tables.splitlines() if " µs ± " in line]
+    assert len(costs) == len(breakdown)
+    for line, cost in zip(costs, breakdown.values(), strict=True):
+        assert f"| {1e3 * cost['cost_ms']:.0f} µs ± {1e3 * cost['noise_ms']:.0f}" in line
+    document = f"# Performance\n\nbefore\n\n{BEGIN}\nold tables\n{END}\n\nafter\n"
+    rendered = replace_tables(document, tables)
+    assert rendered == f"# Performance\n\nbefore\n\n{BEGIN}\n{tables}\n{END}\n\nafter\n"
+    assert replace_tables(rendered, tables) == rendered  # rendering again changes nothing
+
+
+def test_the_tables_script_fills_the_docs_markers(bench_modules: None, tmp_path: Path) -> None:
+    """`python scripts/bench/tables.py RESULTS DOCUMENT` in a process of its own (standard library only), and the
+    performance page has the markers it writes between."""
+    from bench.tables import BEGIN, END
+
+    performance = (REPO / "docs" / "performance.md").read_text()
+    assert performance.count(BEGIN) == 1 and performance.count(END) == 1
+    results = {
+        "machine": {"device": "cpu", "cpu_model": "CPU", "cpu_count": 2, "torch": "2.9", "lightning": "2.6",
+                    "python": "3.11", "load_average_at_start": [0.5, 0.5, 0.5]},
+        "sizes": {"2000": {"repeats": 3, "ratios": {}, "rows": {
+            "raw/sgd": {"step_ms": 0.0651, "spread_ms": 0.001, "resolved": True},
+            "litpoly/sgd": {"step_ms": 0.7223, "spread_ms": 0.1, "resolved": False}}}},
+        "targets": [{"name": "t", "limit": 1.3, "value": 1.28, "resolved": True, "met": True}],
+    }  # fmt: skip
+    (tmp_path / "b.json").write_text(json.dumps(results))
+    (tmp_path / "p.md").write_text(f"text\n{BEGIN}\n{END}\n")
+    script = REPO / "scripts" / "bench" / "tables.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "b.json"), str(tmp_path / "p.md")], check=True)
+    page = (tmp_path / "p.md").read_text()
+    assert "| 2,000 | sgd | 0.0651 ms (±0.001) | – | – | 0.7223 ms (±0.1) unresolved | – | – |" in page
+    assert "| t | ≤ 1.3 | 1.280 | met |" in page
+    assert "load average 0.5 at the start." in page  # no end recorded: only the start
+    with pytest.raises(ValueError, match="Expected the markers"):
+        from bench.tables import replace_tables
+
+        replace_tables("no markers", "tables")
 
 
 def test_one_contestant_runs_in_a_fresh_process(bench_modules: None) -> None:
@@ -101,3 +162,12 @@ def test_a_target_within_the_noise_says_so_with_its_quartiles(
         "  20M: 1.019 (target ≤ 1.02) — within the noise: the repeats' own ratios span 1.001–1.032",
         "  memory: 0.970 (target ≤ 1.02) — met",
     ]
+
+
+def test_the_performance_page_shows_the_rendering_of_its_json(bench_modules: None) -> None:
+    """docs/performance.md's figures are generated, never typed: its tables are docs/benchmark.json rendered."""
+    from bench.tables import BEGIN, END, render
+
+    page = (REPO / "docs" / "performance.md").read_text()
+    shown = page[page.index(BEGIN) + len(BEGIN) : page.index(END)]
+    assert shown == f"\n{render(json.loads((REPO / 'docs' / 'benchmark.json').read_text()))}\n"

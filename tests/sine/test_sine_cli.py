@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, REPO, SINE, RunCLI, load_checkpoint, run_folder
+from helpers import REPO, SINE, RunCLI, load_checkpoint, run_folder
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import RunCLI
+from helpers import RunCLI
 from sinefit import PolynomialRegressor, SineDataModule, reference
 from sinefit.parity import ParityCheck, Tolerance, compare
 

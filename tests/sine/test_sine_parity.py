@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, RunCLI
+from helpers import REPO, RunCLI
 from litpoly.cli.litcli import LitCLI
 from sinefit import reference
 from sinefit.parity import ParityCheck, ParityReport, compare

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from sinefit import PolynomialRegressor, SineDataModule, reference
 
 X = np.linspace(-np.pi, np.pi, 2000)

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from conftest import REPO, RunCLI, least_squares, load_checkpoint, run_folder, run_train
+from helpers import REPO, RunCLI, least_squares, load_checkpoint, run_folder, run_train
 
 STEPS = ["--trainer.max_steps", "300", "--trainer.log_every_n_steps", "10"]
 

@@ -10,7 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, REPO
+from helpers import REPO
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.sweep import sweep
 
 pytestmark = pytest.mark.slow

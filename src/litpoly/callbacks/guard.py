@@ -10,7 +10,7 @@ Lightning 2.6 leaves gaps that a template must not pass on to its users:
 
 :class:`RunGuard` closes them for any LightningModule: it checks the loss ``training_step`` returns and every
 parameter after every step, turns SIGINT/SIGTERM into a stop at the next step boundary with a checkpoint, and
-saves ``last.ckpt`` at the end of training. (:class:`~litpoly.checkpoints.AtomicCheckpointIO` makes sure no
+saves ``last.ckpt`` at the end of training. (:class:`~litpoly.plugins.AtomicCheckpointIO` makes sure no
 checkpoint is half-written or holds non-finite weights.)
 """
 

@@ -27,7 +27,7 @@ holds, where Lightning would round them through float32 first (a ``64-true`` run
 
 What it cannot rebuild it leaves alone and says so, in one line at the start of a resumed run: an
 ``IterableDataset``, a sampler or batch sampler of the user's own, a ``DataLoader`` subclass. (A loader that
-already has ``state_dict``/``load_state_dict``, like :class:`~litpoly.loader.StepLoader` or torchdata's
+already has ``state_dict``/``load_state_dict``, like :class:`~litpoly.data.StepLoader` or torchdata's
 ``StatefulDataLoader``, is resumable by its own protocol and is kept as it is.)
 """
 

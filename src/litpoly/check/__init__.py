@@ -46,8 +46,9 @@ from litpoly.check import properties
 from litpoly.check.properties import Reference
 from litpoly.check.report import Row, one_line, report_folder, summary, table, write_report
 from litpoly.check.runs import CheckError, Runner, Watch, last_checkpoint, output_to
-from litpoly.cli import run as cli_main
+from litpoly.cli import exit_status, run
 from litpoly.console import without_password
+from litpoly.errors import RunError
 
 #: The properties, in the order the table shows them, and what each one compares.
 SAID = {
@@ -143,16 +144,16 @@ def parsed_config(args: list[str], default_config: Path | None) -> dict[str, Any
     """The run's settings as ``train.py fit`` parses them (its ``--print_config``), without running anything.
 
     Raises:
-        CheckError: The settings are refused (the parser's own line).
+        SettingError: The settings are refused (the parser's own line).
+        CheckError: Nothing printed that reads as a config.
     """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         try:
-            cli_main(["fit", *args, "--print_config"], default_config)
-        except SystemExit as exit_:
+            run(["fit", *args, "--print_config"], default_config)
+        except SystemExit as exit_:  # jsonargparse's end of --print_config, once printed
             if exit_.code:
-                errors = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
-                raise CheckError(errors[-1].removeprefix("error: ") if errors else err.getvalue()) from None
+                raise CheckError(f"train.py fit --print_config ended with exit status {exit_.code}") from None
     config = yaml.safe_load(out.getvalue())
     if not isinstance(config, dict):
         raise CheckError("train.py printed no config")
@@ -161,7 +162,7 @@ def parsed_config(args: list[str], default_config: Path | None) -> dict[str, Any
 
 def schedule(config: dict[str, Any], steps: int | None, epochs: int | None) -> tuple[list[str], str]:
     """The short runs' flags, and how to say them: as many steps, or epochs, as asked, else a few in the unit the
-    config counts in (a :class:`~litpoly.loader.StepLoader` serves a run that counts steps in one epoch).
+    config counts in (a :class:`~litpoly.data.StepLoader` serves a run that counts steps in one epoch).
 
     Example:
         >>> schedule({"trainer": {"max_steps": 2400, "max_epochs": None}}, None, None)
@@ -245,12 +246,11 @@ def check(argv: list[str], train_script: Path, default_config: Path | None) -> i
 
 def main(argv: Sequence[str] | None, train_script: Path, default_config: Path | None = None) -> int:
     """The command line (``argv``, or ``sys.argv[1:]``); the exit status: 0 all pass or skip, 1 a property fails,
-    2 the check cannot run (one line on stderr)."""
+    2 the check cannot run (one line on stderr, as :func:`litpoly.cli.main` says it)."""
     try:
         return check(list(sys.argv[1:] if argv is None else argv), train_script, default_config)
-    except CheckError as error:
-        print(f"error: {one_line(str(error))}", file=sys.stderr, flush=True)
-        return 2
+    except RunError as error:  # a CheckError, or the settings' own (train.py's line)
+        return exit_status(error)
     except KeyboardInterrupt:
         print("check.py: interrupted; nothing written", file=sys.stderr, flush=True)
         return 128 + signal.SIGINT

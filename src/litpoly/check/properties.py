@@ -130,7 +130,7 @@ def resume(runner: Runner, reference: Reference, deterministic: bool | None) -> 
 def _batch_flags(reference: Reference, config: dict[str, Any]) -> tuple[list[str], str] | str:
     """The flags that make one process's batch the two processes' batches together, and how; or why there are none.
 
-    A :class:`~litpoly.loader.StepLoader` splits each batch across the processes itself: the same settings. A
+    A :class:`~litpoly.data.StepLoader` splits each batch across the processes itself: the same settings. A
     ``DataLoader``'s ``batch_size`` is per process: one process gets twice the data module's ``batch_size``.
     """
     loader = reference.cli.trainer.train_dataloader

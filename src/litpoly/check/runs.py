@@ -1,6 +1,6 @@
 """The check's short training runs: ``fit`` through the command line, each in a folder of its own, quietly.
 
-The runs on one process go through :func:`~litpoly.cli.cli_main` in this process (a second interpreter would import
+The runs on one process go through :func:`~litpoly.cli.run` in this process (a second interpreter would import
 Lightning again for each), the DDP run through ``scripts/train.py`` in a subprocess (Lightning launches the other
 processes by running that script again). What a run prints goes to a log file: the check's own table is what the
 user reads. A run that fails says why in one line (:class:`CheckError`): for the reference run, the check's own
@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from litpoly.callbacks.resume import rng_states
 from litpoly.check.measure import difference
-from litpoly.cli import run as cli_main
+from litpoly.cli import run
 from litpoly.cli.litcli import LitCLI
+from litpoly.errors import Interrupted, RunError
 
 #: Flags of every run of the check: its own folder, no logger (a config's MLflow or W&B logger would record the
 #: check's runs as the project's), no progress bar, and the final state saved in ``last.ckpt``.
@@ -39,8 +40,11 @@ DDP_CPU = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.num
            "--trainer.accelerator", "cpu")  # fmt: skip
 
 
-class CheckError(Exception):
-    """Something the check needed failed (its settings, a run): one line for the user."""
+class CheckError(RunError):
+    """Something the check needed failed (its flags, a run): one line for the user, exit status 2 when the check
+    cannot run at all; a property's failure when a later run fails."""
+
+    exit_code = 2
 
 
 class InterruptAt(L.Callback):
@@ -169,7 +173,7 @@ class Runner:
         Raises:
             CheckError: The run ended in an error (its own line).
         """
-        cli = self._fit(name, extra, callbacks, expected=0)
+        cli = self._fit(name, extra, callbacks, interrupt=False)
         assert cli is not None
         return cli
 
@@ -179,29 +183,35 @@ class Runner:
         Raises:
             CheckError: The run ended in an error, or was not interrupted.
         """
-        self._fit(name, extra, [InterruptAt(stop - 1)], expected=128 + signal.SIGINT)
+        self._fit(name, extra, [InterruptAt(stop - 1)], interrupt=True)
         return last_checkpoint(self.folder / name)
 
-    def _fit(self, name: str, extra: Sequence[str], callbacks: Sequence[L.Callback], expected: int) -> LitCLI | None:
+    def _fit(self, name: str, extra: Sequence[str], callbacks: Sequence[L.Callback], interrupt: bool) -> LitCLI | None:
+        """One run, told apart by what :func:`~litpoly.cli.run` raises: ``Interrupted`` by SIGINT where ``interrupt``
+        (the check's own Ctrl-C), else the user's (``KeyboardInterrupt``); any other error a ``CheckError``."""
         started = time.perf_counter()
         offset = self.log.stat().st_size if self.log.exists() else 0
         cli: LitCLI | None = None
-        code: int | str | None = 0
-        with output_to(self.log):
-            try:
-                cli = cli_main(self.flags(name, *ONE_PROCESS, *extra), self.default_config, callbacks)
-            except SystemExit as exit_:
-                code = exit_.code
-            except Exception as error:  # the user's code failed: the check cannot measure anything of it
-                raise CheckError(
-                    f"the run {name} failed: {type(error).__name__}: {error} (train.py fit with the same flags shows "
-                    "where)"
-                ) from None
-        self.output = self._printed(offset)
-        if code == 128 + signal.SIGINT and not expected:  # the user's Ctrl-C, which the run layer turned into a stop
-            raise KeyboardInterrupt
-        if code != expected:
-            raise CheckError(self._why(name, code))
+        try:
+            with output_to(self.log):
+                cli = run(self.flags(name, *ONE_PROCESS, *extra), self.default_config, callbacks)
+        except Interrupted as stop:
+            if not (interrupt and stop.signum == signal.SIGINT):  # the user's Ctrl-C, turned into a stop
+                raise KeyboardInterrupt from None
+        except RunError as error:  # a setting refused during setup, a diverged run: its own line
+            raise CheckError(str(error)) from None
+        except SystemExit as exit_:
+            self.output = self._printed(offset)
+            raise CheckError(self._exited(name, exit_.code)) from None
+        except Exception as error:  # the user's code failed: the check cannot measure anything of it
+            raise CheckError(
+                f"the run {name} failed: {type(error).__name__}: {error} (train.py fit with the same flags shows where)"
+            ) from None
+        finally:
+            self.output = self._printed(offset)
+        if interrupt and cli is not None:
+            last = self.output[-1] if self.output else "nothing printed"
+            raise CheckError(f"the run {name} was to be stopped by Ctrl-C, and ran to its end: {last}")
         self.say(f"  run {name}: {time.perf_counter() - started:.1f} s")
         return cli
 
@@ -210,12 +220,13 @@ class Runner:
             file.seek(offset)
             return file.read().decode(errors="replace").splitlines()
 
-    def _why(self, name: str, code: int | str | None) -> str:
-        lines = self.output
-        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        if errors:
-            return errors[-1]
-        return f"the run {name} ended with exit status {code}: {lines[-1] if lines else 'nothing printed'}"
+    def _exited(self, name: str, code: int | str | None) -> str:
+        """Why a run that Lightning itself ended (``sys.exit``) stopped: a Ctrl-C before training began, which leaves
+        SIGINT ignored (``KeyboardInterrupt``, its handler back), or what the run printed last."""
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        return f"the run {name} ended with exit status {code}: {self.output[-1] if self.output else 'nothing printed'}"
 
     def fit_ddp(self, name: str, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run ``fit`` on two processes on the CPU in ``folder/name``, through ``scripts/train.py``."""

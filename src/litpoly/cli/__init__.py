@@ -10,7 +10,9 @@
 Every ``__init__`` argument of the model and the data module is a flag and a YAML key (``--model.lr``,
 ``--data.batch_size``); the Trainer's own flags (``--trainer.accelerator gpu``, ``--trainer.devices 2``,
 ``--trainer.precision 64-true``, ``--trainer.max_epochs``, ``--trainer.max_steps``) pick the hardware and
-the schedule. ``--help`` on any subcommand lists everything with its default.
+the schedule. ``fit --help`` lists the Trainer's and the run layer's settings with their defaults;
+``fit --model.help CLASS`` (``--data.help CLASS``) those of a model (data module) class, e.g.
+``--model.help sinefit.PolynomialRegressor``.
 
 **The default config** (:data:`DEFAULT_CONFIG`, ``configs/default.yaml``) is the base of every command that names no
 model or data class of its own. A command that does (``--model``/``--data``, or a ``--config`` file with a
@@ -35,7 +37,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly import compat
+from litpoly import compat, safe_yaml
 from litpoly.cli.arguments import names_a_class
 from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
 from litpoly.errors import RunError, SettingError
@@ -49,7 +51,7 @@ DEFAULT_SEED = 1234
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_SEED", "LitCLI", "main", "run"]
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_SEED", "LitCLI", "exit_status", "main", "run"]
 
 
 def run(
@@ -63,8 +65,8 @@ def run(
         args: The command line, e.g. ``["fit", "--trainer.max_steps", "100"]``; ``None``: ``sys.argv[1:]``.
         default_config: The project's default run, the base of every command that names no model or data
             class of its own (see the module's docstring).
-        callbacks: Added to the run's callbacks without being part of its config: what a caller needs to watch
-            the run (a sweep's pruning), not what the run is. The run's ``config.yaml`` stays the command's.
+        callbacks: Added to the run's callbacks, not to its ``config.yaml``: what a caller needs to watch the run
+            (a sweep's pruning), not what the run is.
 
     Returns the ``LitCLI``, whose ``trainer`` and ``model`` hold the finished run.
 
@@ -73,27 +75,14 @@ def run(
             created, or during setup, with the run folder removed again.
         Diverged: Training diverged; no checkpoint of the diverged model was written.
         Interrupted: A signal stopped the run at a step boundary, its state saved.
+        AlreadyDone: ``fit --ckpt_path`` of a run that already finished its schedule; nothing was written.
     """
     compat.quiet_irrelevant_messages()
+    safe_yaml.install()
     argv = list(sys.argv[1:] if args is None else args)
     stage = Stage()
     try:
-        return LitCLI(
-            argv,
-            stage,
-            trainer_class=compat.LitTrainer,
-            seed_everything_default=DEFAULT_SEED,
-            # LightningCLI adds trainer_defaults' callbacks to the configured ones.
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS,
-            parser_kwargs=_parser_kwargs(argv, default_config),
-            # A run named by the environment (a requeued SLURM job, a sweep's trial) goes on in its own folder,
-            # where its config.yaml already is.
-            save_config_kwargs={"overwrite": run_name() is not None},
-            # The model owns its optimizer (configure_optimizers); LightningCLI's own `--optimizer` would
-            # silently override it, so it is switched off.
-            auto_configure_optimizers=False,
-            args=args,
-        )
+        return LitCLI(argv, stage, args=args, **_cli_kwargs(argv, default_config, callbacks))
     except ArgumentError as error:
         raise SettingError(compat.parse_error_line(str(error))) from None
     except SettingError as error:  # found during setup or at the first validation
@@ -114,6 +103,23 @@ def run(
         raise SettingError(f"invalid Trainer setting: {error}") from None
 
 
+def _cli_kwargs(argv: list[str], default_config: Path | str | None, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """LightningCLI's arguments for a command."""
+    return {
+        "trainer_class": compat.LitTrainer,
+        "seed_everything_default": DEFAULT_SEED,
+        # LightningCLI adds trainer_defaults' callbacks to the configured ones.
+        "trainer_defaults": {**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS,
+        "parser_kwargs": _parser_kwargs(argv, default_config),
+        # A run named by the environment (a requeued SLURM job, a sweep's trial) goes on in its own folder,
+        # where its config.yaml already is.
+        "save_config_kwargs": {"overwrite": run_name() is not None},
+        # The model owns its optimizer (configure_optimizers); LightningCLI's own `--optimizer` would
+        # silently override it, so it is switched off.
+        "auto_configure_optimizers": False,
+    }
+
+
 def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[str, Any]:
     """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError),
     and the default config where the command names no class of its own."""
@@ -127,14 +133,24 @@ def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[s
 
 def main(args: Sequence[str] | None = None, default_config: Path | str | None = DEFAULT_CONFIG) -> LitCLI:
     """The command line's entry point: :func:`run`, with a typed error said in one line on stderr and turned into
-    the process's exit status (2 for settings, 1 for a diverged run, 128 + the signal's number when interrupted)."""
+    the process's exit status (2 for settings, 1 for a diverged run, 128 + the signal's number when interrupted, 0 with
+    a line on stdout for a run already done)."""
     try:
         return run(args, default_config)
     except RunError as error:
-        _tell(error.line)  # under DDP every process stops, one says why
-        raise SystemExit(error.exit_code) from None
+        raise SystemExit(exit_status(error)) from None
+
+
+def exit_status(error: RunError | ArgumentError) -> int:
+    """Say why a command stopped in one line (stderr; stdout when it is no error), from one process under DDP, and
+    return the process's exit status: what every script's entry point does with a typed error (``train.py``,
+    ``sweep.py``, ``check.py``). A jsonargparse ``ArgumentError`` (a script's own flags) is a setting's error."""
+    if isinstance(error, ArgumentError):
+        error = SettingError(compat.parse_error_line(str(error)))
+    _tell(error.line, error.exit_code != 0)  # under DDP every process stops, one says why
+    return error.exit_code
 
 
 @rank_zero_only
-def _tell(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _tell(message: str, error: bool = True) -> None:
+    print(message, file=sys.stderr if error else sys.stdout, flush=True)

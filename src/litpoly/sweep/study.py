@@ -1,0 +1,398 @@
+"""The study: its storage, the workers that start trials until it has its planned number, and the summary.
+
+:func:`sweep` is the whole of ``scripts/sweep.py``: it checks the space (:func:`~litpoly.sweep.trial.check`),
+opens or creates the study in its database, runs the workers (in this process, or each in a process of its own),
+and prints the best trial. Bad input raises a :class:`~litpoly.errors.SettingError` before a study or a run is
+created; Ctrl-C or SIGTERM ends it with :class:`~litpoly.errors.Interrupted`, the study kept for the same command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+import yaml
+
+from litpoly.console import without_password
+from litpoly.errors import Interrupted, RunError, SettingError
+from litpoly.sweep.space import SearchSpace
+from litpoly.sweep.trial import TrialFailed, check, run_trial
+
+#: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
+#: process was killed): then the next trial any worker starts marks it failed, and Optuna retries its settings.
+HEARTBEAT_S = 2
+GRACE_S = 60
+
+FINISHED = ("COMPLETE", "PRUNED")
+#: Attempts at opening a storage that another process is creating at the same moment (see ``open_storage``).
+CREATE_TRIES = 5
+#: The user attribute of a trial given up before it ran, beyond the planned number (see ``work``).
+BEYOND_PLAN = "beyond_plan"
+#: How a worker process ended, as it tells the sweep: SIGINT or SIGTERM stopped it, or too many of its trials failed.
+INTERRUPTED, STOPPED = 130, 3
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every worker of a sweep needs: the space, the study's database, the sweep's folder, the defaults.
+
+    Attributes:
+        shared: The storage was given (``--storage``): workers elsewhere may share the study.
+        grace_s: Seconds without a heartbeat after which a running trial counts as dead.
+    """
+
+    space: SearchSpace
+    url: str
+    folder: Path
+    default_config: Path | None
+    shared: bool
+    grace_s: float = GRACE_S
+
+
+def storage_url(space: SearchSpace, storage: str | None, logs: Path) -> str:
+    """The study's database: ``storage`` as given, or an SQLite file in the sweep's folder."""
+    return storage or f"sqlite:///{(logs / 'sweeps' / space.name / 'study.db').resolve()}"
+
+
+def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
+    """Optuna's RDB storage at ``url``, with heartbeats, and a retry for a trial whose process was killed.
+
+    Raises:
+        SettingError: The database cannot be reached or opened (one line, the URL without its password).
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        try:
+            Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SettingError(f"cannot open the study's storage {without_password(url)}: {error}") from None
+        kwargs["connect_args"] = {"timeout": 60}  # several workers take turns writing one file
+    elif url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    # Each trial prints its own line (and its log has the details): Optuna's own messages, and the traceback it
+    # logs for every failed trial, would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
+    attempt = 1
+    while True:
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=int(grace_s),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
+            if attempt < CREATE_TRIES and _created_elsewhere(error):
+                attempt += 1
+                time.sleep(0.5)
+                continue
+            why = " ".join(str(error).split("\n(Background")[0].split())
+            raise SettingError(f"cannot open the study's storage {without_password(url)}: {why[:300]}") from None
+
+
+def _created_elsewhere(error: Exception) -> bool:
+    """Whether opening a new database failed because another process is creating Optuna's tables in it at this
+    moment (sweeps started together on a fresh study, on several machines or in several terminals): one creates
+    them, the others find a table or Optuna's version row already there. Opened again, it is complete."""
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
+
+
+def counts(trials: list[Any]) -> Counter[str]:
+    """Trials by state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    return Counter(trial.state.name for trial in trials)
+
+
+def _load_study(setup: Setup, worker: int) -> Any:
+    """The study, as this worker samples it: its own stream of settings, the space's pruner."""
+    import optuna
+
+    space = setup.space
+    storage = open_storage(setup.url, setup.grace_s)
+    started = len(optuna.load_study(study_name=space.name, storage=storage).get_trials(deepcopy=False))
+    # The space's seed for the first worker of a new sweep; a stream of settings of its own for every other worker
+    # and restart (a resumed sweep does not draw its first settings again), and for every machine and process when
+    # the study is shared (workers started at the same moment elsewhere).
+    seed = space.seed + 1000 * worker + started
+    if setup.shared:
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = (
+        optuna.pruners.MedianPruner(**dataclasses.asdict(space.pruner))
+        if space.pruner is not None
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def work(
+    setup: Setup, worker: int, threads: int, parent: int | None = None, stopping: Callable[[], bool] = lambda: False
+) -> None:
+    """One worker: start trials until the study has its planned number finished (or running elsewhere).
+
+    ``parent``: the sweep's process, for a worker in a process of its own: it stops when the sweep is gone.
+    ``stopping``: asked before each trial; true, the worker stops (raising ``KeyboardInterrupt``).
+
+    Raises:
+        TrialFailed: So many trials failed on their own that the space looks hopeless.
+    """
+    import optuna
+
+    space = setup.space
+    torch.set_num_threads(threads)
+    study = _load_study(setup, worker)
+
+    def objective(trial: Any) -> float:
+        # Optuna numbers trials in the order they start, and has no "create a trial unless there are n": when two
+        # workers count at the same moment, the later trial is beyond the plan. It is given up before it draws
+        # its settings (recorded as failed, marked as never run), so the study ends with exactly the planned number.
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state.name != "FAIL"]
+        if len(ahead) >= space.trials:
+            trial.set_user_attr(BEYOND_PLAN, True)
+            raise TrialFailed("not run: the study already had its planned number of trials")
+        return run_trial(trial, space, setup.folder, setup.default_config)
+
+    while parent is None or os.getppid() == parent:
+        if stopping():
+            raise KeyboardInterrupt
+        optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
+        trials = study.get_trials(deepcopy=False)
+        states = counts(trials)
+        if sum(states[s] for s in FINISHED) >= space.trials:
+            break
+        # Runs that failed on their own (not interrupted, not killed): a space where every run fails stops here.
+        if (errors := sum("error" in t.user_attrs for t in trials)) >= max(3, space.trials):
+            raise TrialFailed(f"{errors} trials failed; see their logs in {setup.folder}")
+        if sum(states[s] for s in (*FINISHED, "RUNNING")) >= space.trials and not states["WAITING"]:
+            time.sleep(HEARTBEAT_S)  # the rest are running (here or elsewhere): wait for them to finish or die
+            continue
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say_trial(space)])
+
+
+def _say_trial(space: SearchSpace) -> Callable[[Any, Any], None]:
+    """Optuna's callback after each trial: one line with its settings and result (or why it ended early)."""
+
+    def say(study: Any, trial: Any) -> None:
+        state = trial.state.name.lower()
+        if trial.state.name == "COMPLETE":
+            result = f"{space.metric} {trial.value:.6g}"
+        else:
+            result = trial.user_attrs.get("diverged") or trial.user_attrs.get("error") or ""
+            result = f"pruned at step {trial.last_step}" if not result and trial.last_step is not None else result
+        settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        if settings:  # a trial given up before it drew its settings (beyond the plan) says nothing
+            print(f"trial {trial.number} ({state}): {settings} — {result}", flush=True)
+
+    return say
+
+
+def sweep(
+    space_path: Path,
+    default_config: Path | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    trials: int | None = None,
+    logs: Path = Path("lightning_logs"),
+    grace_period: float = GRACE_S,
+    name: str | None = None,
+) -> Any:
+    """Run (or go on with) the sweep ``space_path`` describes; print each trial and the best. Returns the study.
+
+    ``trials`` and ``name`` replace the space file's.
+
+    Raises:
+        SettingError: Bad input (the space, ``storage``, ``workers``, ``trials``, …), before a study or a run is
+            created.
+        Interrupted: Ctrl-C or SIGTERM stopped the sweep (its trials kept: the same command goes on).
+        RunError: The sweep stopped because too many trials failed, or a worker process crashed.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise SettingError('sweeps need Optuna, which is not installed: pip install -e ".[sweep]"') from None
+    space = _space(space_path, workers, trials, grace_period, name)
+    check(space, default_config)
+    url = storage_url(space, storage, logs)
+    rdb = open_storage(url, grace_period)
+    folder = (logs / "sweeps" / space.name).resolve()
+    study = _open_study(space, rdb, folder)
+    setup = Setup(space, url, folder, default_config, shared=storage is not None, grace_s=grace_period)
+    before = counts(study.get_trials(deepcopy=False))
+    done = sum(before[s] for s in FINISHED)
+    print(f"Study {space.name!r} in {without_password(url)}: {done} of {space.trials} trials finished; {workers} "
+          f"worker(s).\nTrials' run folders: {folder / 'lightning_logs'}/trial_<n>  (tensorboard --logdir {folder})",
+          flush=True)  # fmt: skip
+    interrupted, stopped = False, None
+    try:
+        if workers == 1:
+            work(setup, 0, _threads(workers))
+        else:
+            _in_processes(setup, workers, _threads(workers))
+    except KeyboardInterrupt:
+        interrupted = True
+    except TrialFailed as error:
+        stopped = str(error)
+    _report(space, optuna.load_study(study_name=space.name, storage=rdb))
+    if interrupted:
+        raise Interrupted("Interrupted: the same command goes on with this study.", signum=signal.SIGINT)
+    if stopped:
+        raise RunError(f"stopped: {stopped}")
+    return study
+
+
+def _space(path: Path, workers: int, trials: int | None, grace_period: float, name: str | None) -> SearchSpace:
+    """The space file, with the command line's ``--trials`` and ``--name`` instead of its own; the flags checked.
+
+    Raises:
+        SettingError: One line naming the file's key or the flag.
+    """
+    space = SearchSpace.load(path)
+    if trials is not None:
+        if trials < 1:
+            raise SettingError(f"Expected `--trials` to be a positive integer, got {trials}")
+        space = dataclasses.replace(space, trials=trials)
+    if name is not None:
+        try:
+            space = dataclasses.replace(space, name=name)
+        except ValueError as error:  # the file's rule for its `name`, said of the flag
+            raise SettingError(str(error).replace("`name`", "`--name`", 1)) from None
+    if workers < 1:
+        raise SettingError(f"Expected `--workers` to be a positive integer, got {workers}")
+    if not grace_period >= 2 * HEARTBEAT_S:
+        raise SettingError(f"Expected `--grace_period` to be at least {2 * HEARTBEAT_S} s, got {grace_period}")
+    return space
+
+
+def _threads(workers: int) -> int:
+    """Torch's threads for each worker: this process's cores (a SLURM allocation, a cgroup) shared among them, and
+    at most ``OMP_NUM_THREADS`` where it is set (a test, a scheduler)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    return threads
+
+
+def _open_study(space: SearchSpace, storage: Any, folder: Path) -> Any:
+    """The study, created or loaded.
+
+    Raises:
+        SettingError: The space file changed since the study began, or a new study would write its trials' run
+            folders over another one's.
+    """
+    import optuna
+
+    names = optuna.study.get_all_study_names(storage)
+    if space.name not in names and any((folder / "lightning_logs").glob("trial_*")):
+        raise SettingError(f"{folder} holds the trials of another study named {space.name!r}: give the space another "
+                           "`name`")  # fmt: skip
+    study = optuna.create_study(study_name=space.name, storage=storage, direction=space.direction, load_if_exists=True)
+    recorded, described = study.user_attrs.get("space"), space.described()
+    if recorded is None:
+        study.set_user_attr("space", described)
+    elif yaml.safe_dump(recorded) != yaml.safe_dump(described):
+        raise SettingError(
+            f"the study {space.name!r} was begun with another search space (metric, direction, args or params): "
+            "give this one another `name`, or put the file back as it was"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def _in_processes(setup: Setup, workers: int, threads: int) -> None:
+    """Run ``workers`` worker processes; SIGINT/SIGTERM here stops each of them cleanly (its trial failed).
+
+    On a machine with several GPUs, each worker sees one (``CUDA_VISIBLE_DEVICES``), unless that is already set.
+
+    Raises:
+        KeyboardInterrupt: A signal stopped the workers.
+        TrialFailed: A worker stopped because too many trials failed.
+        RunError: A worker process crashed.
+    """
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no state shared with this one
+    gpus = torch.cuda.device_count() if "CUDA_VISIBLE_DEVICES" not in os.environ else 0
+    processes, ends = [], []
+    for i in range(workers):
+        ended = context.Value("i", 0)  # how the worker ended, as it says (see _worker_process)
+        process = context.Process(target=_worker_process, args=(setup, i, threads, os.getpid(), ended))
+        with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1 else {}):
+            process.start()  # the child takes the environment as it is now
+        processes.append(process)
+        ends.append(ended)
+
+    def stop(signum: int, frame: Any) -> None:
+        # SIGINT or SIGTERM sent to this process alone (kill, a scheduler): each worker gets SIGTERM, which stops
+        # its trial as cleanly as Ctrl-C does. (Not SIGINT: after a Ctrl-C at the terminal, which reaches the
+        # workers too, a second SIGINT would stop them at once, without waiting for their step to end.)
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join()
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if any(ended.value == INTERRUPTED for ended in ends):
+        raise KeyboardInterrupt
+    if any(ended.value == STOPPED for ended in ends):
+        raise TrialFailed(f"too many trials failed; see their logs in {setup.folder}")
+    if crashed := [p.exitcode for p in processes if p.exitcode]:
+        raise RunError(f"{len(crashed)} worker(s) stopped with an error (exit status {crashed[0]}): see above")
+
+
+def _worker_process(setup: Setup, worker: int, threads: int, parent: int, ended: Any) -> None:
+    """A worker in its own process; how it ended (``INTERRUPTED``, ``STOPPED``) goes into ``ended`` for the sweep."""
+
+    # SIGTERM from the sweep: during a trial's training RunGuard stops it at a step end (the trial fails, the worker
+    # stops); outside of training it is noted here, and the worker stops before its next trial. Never in between
+    # (a trial just created, not yet running its function), where Optuna would leave the trial running.
+    requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
+    try:
+        work(setup, worker, threads, parent, stopping=lambda: bool(requested))
+    except KeyboardInterrupt:
+        ended.value = INTERRUPTED
+    except TrialFailed:
+        ended.value = STOPPED
+
+
+def _report(space: SearchSpace, study: Any) -> None:
+    trials = study.get_trials(deepcopy=False)
+    states = counts([t for t in trials if BEYOND_PLAN not in t.user_attrs])
+    parts = [f"{n} {state.lower()}" for state, n in sorted(states.items())]
+    if not_run := len(trials) - states.total():
+        parts.append(f"{not_run} not run (beyond the plan)")
+    print(f"Trials: {', '.join(parts)}.")
+    if not states["COMPLETE"]:
+        print("No trial completed yet.")
+        return
+    best = study.best_trial
+    print(f"Best: trial {best.number}, {space.metric} {best.value:.6g}, {best.params}")
+    print(f"Run it again (from the folder the sweep ran in): {best.user_attrs.get('command', '')}", flush=True)
