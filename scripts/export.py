@@ -22,10 +22,9 @@ from pathlib import Path
 import yaml
 from jsonargparse import auto_cli
 
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.export import export
-from litpoly.runs import resolve_checkpoint
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from litpoly.runs import find_checkpoint
 
 
 def default_model() -> str:
@@ -39,7 +38,7 @@ def main(ckpt_path: str, model: str | None = None, out: Path | None = None, onnx
     """Export the model of a checkpoint.
 
     Args:
-        ckpt_path: A checkpoint file, or ``last`` / ``best`` for the newest run's.
+        ckpt_path: A checkpoint file, or ``last`` / ``best`` for the newest run's (as ``scripts/train.py`` finds them).
         model: The model's class, as its config names it (default: the default config's).
         out: The folder to write into. Default: ``export/`` in the checkpoint's run folder.
         onnx: Write ``model.onnx``.
@@ -48,7 +47,7 @@ def main(ckpt_path: str, model: str | None = None, out: Path | None = None, onnx
     warnings.filterwarnings("ignore")  # the exporters' notes on what they traced; the result is checked below
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # and the operators of packages not installed
     try:
-        path = resolve_checkpoint(ckpt_path, Path.cwd() / "lightning_logs")
+        path, _ = find_checkpoint(ckpt_path, Path.cwd() / "lightning_logs")
         folder = out or path.parent.parent / "export"
         written = export(path, model or default_model(), folder, onnx=onnx, program=program)
     except ValueError as error:

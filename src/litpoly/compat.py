@@ -77,6 +77,9 @@ def quiet_irrelevant_messages() -> None:
         r"Couldn't infer the batch indices",
         # CSVLogger finds the run folder made by the logger before it (configs/loggers/): where it belongs.
         r"Experiment logs directory .* exists and is not empty",
+        # litpoly.cli.run(args) is how a sweep or a check runs commands in its own process, on purpose; the warning
+        # would quote that process's own arguments (a storage URL with its password) into every trial's log.
+        r"LightningCLI's args parameter is intended to run from within Python",
     ):
         warnings.filterwarnings("ignore", message=message)
     # addFilter ignores a filter it already has, so calling this again (tests do) adds nothing.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from tqdm import tqdm
@@ -20,21 +22,56 @@ def say(message: object, stderr: bool = False) -> None:
     tqdm.write(str(message), file=sys.stderr if stderr else sys.stdout)
 
 
+#: A URL's query parameters that carry a secret (``?password=…``, ``&token=…``, ``X-Amz-Signature=…``): their values
+#: are masked like a password before the ``@``.
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][^=&;#]*(?:pass|pwd|token|secret|key|credential|signature|auth)[^=&;#]*=)[^&;#]*", re.IGNORECASE
+)
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
 def without_password(url: str) -> str:
-    """``url`` without the user and password before its ``@`` (a storage or tracking URL, to print or to save).
+    """``url`` without the user and password before its ``@``, nor the values of query parameters that carry a
+    secret (a storage or tracking URL, to print or to save).
 
     Example:
         >>> without_password("postgresql://sweeper:secret@127.0.0.1/db"), without_password("sqlite:///study.db")
         ('postgresql://…@127.0.0.1/db', 'sqlite:///study.db')
+        >>> without_password("postgresql://127.0.0.1/db?user=sweeper&password=secret&sslmode=require")
+        'postgresql://127.0.0.1/db?user=sweeper&password=…&sslmode=require'
     """
     head, sep, tail = url.rpartition("@")
-    return url if not sep else head.split("://")[0] + "://…@" + tail
+    masked = url if not sep else head.split("://")[0] + "://…@" + tail
+    return _SECRET_PARAMETER.sub(r"\1…", masked)
+
+
+def without_passwords(value: Any) -> Any:
+    """``value`` (a parsed config: namespaces, lists, mappings; or a line of text) with :func:`without_password`
+    applied to every URL in it; the rest unchanged, and ``value`` itself left as it was.
+
+    Example:
+        >>> without_passwords({"logger": [{"tracking_uri": "http://alice:s3cret@host:5000"}], "lr": 0.1})
+        {'logger': [{'tracking_uri': 'http://…@host:5000'}], 'lr': 0.1}
+    """
+    if isinstance(value, Namespace):
+        masked = value.clone()
+        for key, item in value.items():
+            masked[key] = without_passwords(item)
+        return masked
+    if isinstance(value, list | tuple):
+        return type(value)(without_passwords(item) for item in value)
+    if isinstance(value, Mapping):
+        return {key: without_passwords(item) for key, item in value.items()}
+    return _URL.sub(lambda url: without_password(url.group()), value) if isinstance(value, str) else value
 
 
 def step_loss(outputs: Any) -> Tensor | None:
     """The loss of a training step, read as Lightning reads ``training_step``'s return value.
 
     Example:
+        >>> import torch
         >>> step_loss({"loss": torch.tensor(2.0), "other": 1}), step_loss(torch.tensor(3.0)), step_loss(None)
         (tensor(2.), tensor(3.), None)
     """

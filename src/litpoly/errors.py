@@ -56,6 +56,23 @@ class CheckpointError(SettingError):
     the settings make (exit status 2)."""
 
 
+class CheckpointWriteError(RunError):
+    """A checkpoint could not be written (a full disk, a lost mount); the one already at its path is intact
+    (exit status 1)."""
+
+
+class AlreadyDone(RunError):
+    """``fit`` resuming a run that already finished its schedule: nothing to train, nothing written (exit status 0,
+    so that relaunching a finished preemptible job is no failure)."""
+
+    exit_code = 0
+
+    @property
+    def line(self) -> str:
+        """The message alone: no error."""
+        return str(self)
+
+
 class Diverged(RunError):
     """Training stopped because a step's loss or weights are no longer finite (or pass a set threshold); no
     checkpoint of the diverged model was written (exit status 1).

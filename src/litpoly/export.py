@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from litpoly.cli.checks import check_settings_fit
 from litpoly.runs import read_checkpoint
 
 
@@ -47,6 +48,7 @@ def load_trained(ckpt_path: Path, class_path: str) -> L.LightningModule:
         model_class = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(f"`model` {class_path} cannot be imported: {error}") from None
+    check_settings_fit(class_path, checkpoint.get("hyper_parameters") or {}, ckpt_path)  # as train.py does
     model: L.LightningModule = model_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     weights = [v for v in checkpoint["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
     if weights and weights[0].dtype != torch.float32:  # load again, into weights of the dtype it was trained in

@@ -27,6 +27,7 @@ from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger  # imports no mlflow: its logger does, when made
 from lightning.pytorch.utilities import rank_zero_only
 
+from litpoly.console import say, without_passwords
 from litpoly.errors import SettingError
 from litpoly.runs import next_version, run_name
 
@@ -72,6 +73,65 @@ class ThrottledTensorBoardLogger(TensorBoardLogger):
             super().save()
 
 
+class ResilientMLFlowLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger``, for which a lost tracking server never costs training.
+
+    MLflow's client retries a failed request for minutes, with backoff, at every logging call: a server that goes
+    away mid-run stalls training call after call, and the exception that finally comes ends the run without its
+    last checkpoint. Here each call tries once, within ``timeout`` seconds, and the first that fails turns this
+    logger off for the rest of the run, with one line saying so: training goes on, and its run folder (TensorBoard's
+    files, the checkpoints) is whole. The MLflow run stays as the server last saw it.
+
+    The command line uses it wherever a config names Lightning's ``MLFlowLogger`` (see :func:`place_loggers`); every
+    argument is ``MLFlowLogger``'s.
+    """
+
+    def __init__(self, *args: Any, timeout: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+        self.lost = False
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        if self.lost:
+            return None
+        try:
+            with mock.patch.dict(
+                os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(self.timeout)
+            ):
+                return method(*args)
+        except Exception as error:  # any failure: the server, the network, the store; training matters more
+            self.lost = True
+            reason = " ".join(str(error).split())[:200]
+            say(
+                without_passwords(
+                    f"Warning: MLflow at {self._tracking_uri} failed ({type(error).__name__}: {reason}); the run goes "
+                    "on without it, its run folder and checkpoints intact."
+                ),
+                stderr=True,
+            )
+            return None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        self._call(super().log_hyperparams, params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        self._call(super().log_metrics, metrics, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self._call(super().finalize, status)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self._call(super().after_save_checkpoint, checkpoint_callback)
+
+    @rank_zero_only
+    def log_artifact(self, path: Path) -> None:
+        """Upload the file at ``path`` to this run's artifacts."""
+        self._call(lambda: self.experiment.log_artifact(self.run_id, str(path)))
+
+
 # -- loggers named in a config file ---------------------------------------------------------------------------
 
 #: MLflow's store when a run names none: one SQLite database for every run, in the folder that holds the run
@@ -109,6 +169,7 @@ def place_loggers(entries: list[Any], root: str) -> None:
     - TensorBoard and CSV loggers without a ``save_dir`` share the first one's run folder: the Trainer's
       ``default_root_dir`` (``root``), its ``name`` and its ``version`` (the next free ``version_N``, or the SLURM
       job's id, as for the default logger). So ``metrics.csv`` lands beside TensorBoard's event file.
+    - Lightning's MLFlowLogger is made as a :class:`ResilientMLFlowLogger` (the same arguments).
     - An MLFlowLogger without a ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``) stores its runs in
       ``lightning_logs/mlflow.db``, a SQLite database shared by all runs, and their artifacts in
       ``lightning_logs/mlartifacts/``; its run is named after the run folder (``version_N``) unless named.
@@ -142,14 +203,17 @@ def place_loggers(entries: list[Any], root: str) -> None:
                 init_args.save_dir, init_args.name, init_args.version = first.save_dir, first.name, first.version
         if first.version is not None:
             folder_name = first.version if isinstance(first.version, str) else f"version_{first.version}"
+    for entry, found in zip(entries, classes, strict=True):
+        if found is MLFlowLogger:  # the same arguments; a lost server no longer costs the run
+            entry.class_path = f"{__name__}.{ResilientMLFlowLogger.__name__}"
     for init_args in mlflow:
         if init_args.tracking_uri is None and "://" not in root:
             logs = Path(root, "lightning_logs")
             init_args.tracking_uri = f"sqlite:///{logs / MLFLOW_STORE}"
             init_args.artifact_location = init_args.artifact_location or str(logs / MLFLOW_ARTIFACTS)
         init_args.run_name = init_args.run_name or folder_name
-        if str(init_args.tracking_uri).startswith(("http://", "https://")):
-            check_tracking_server(init_args.tracking_uri)
+        if init_args.tracking_uri is not None and not str(init_args.tracking_uri).startswith("sqlite:"):
+            check_tracking_server(init_args.tracking_uri)  # (a SQLite store is made, and checked, before the run)
 
 
 def prepare_mlflow_stores(entries: list[Any]) -> None:
@@ -177,20 +241,35 @@ def prepare_mlflow_stores(entries: list[Any]) -> None:
     for database, (uri, init_args) in sorted(stores.items()):
         digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
         with FileLock(Path(tempfile.gettempdir(), f"litpoly-mlflow-{digest}.lock")):
-            client, name = MlflowClient(uri), init_args.experiment_name
-            if client.get_experiment_by_name(name) is None:
-                client.create_experiment(name, artifact_location=init_args.get("artifact_location"))
+            try:
+                client, name = MlflowClient(uri), init_args.experiment_name
+                if client.get_experiment_by_name(name) is None:
+                    client.create_experiment(name, artifact_location=init_args.get("artifact_location"))
+            except Exception as error:  # a folder that cannot be made, a database that is not MLflow's, …
+                line = f"MLflow cannot use the tracking store {uri} ({_reason(error)}): give another "
+                raise SettingError(without_passwords(line + "`trainer.logger.tracking_uri`")) from None
+
+
+def _reason(error: BaseException) -> str:
+    """An exception's message on one line, cut at a sentence's end within 300 characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) <= 300:
+        return text
+    cut = text.rfind(". ", 0, 300)
+    return text[: cut + 1] if cut > 0 else text[:300] + "…"
 
 
 def check_tracking_server(uri: str, timeout: int = 10) -> None:
-    """Ask the MLflow tracking server at ``uri`` once, within ``timeout`` seconds, whether it answers.
+    """Ask the MLflow tracking store at ``uri`` (a server's ``http://``, or another kind MLflow knows) once, within
+    ``timeout`` seconds, whether it answers.
 
     MLflow's client retries a failed request for minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, with backoff), which
     is right during a run but would keep a run with a wrong address waiting, then fail it at its first logging call
-    with its run folder half-written. Here one try, before anything is made.
+    with its run folder half-written; and a store it refuses (its file store, say) would fail inside jsonargparse,
+    its reason lost in the config it quotes. Here one try, before anything is made.
 
     Raises:
-        SettingError: The server does not answer, or refuses the request.
+        SettingError: The store does not answer, or refuses the request, with MLflow's reason.
     """
     from mlflow.tracking import MlflowClient  # imported here: the extra is only needed where asked for
 
@@ -199,9 +278,13 @@ def check_tracking_server(uri: str, timeout: int = 10) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:  # any failure (refused, timed out, not MLflow): the run could not log there
             reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
-            why = reason.group(1) if reason else str(error).splitlines()[0][:200]
-            fix = "start it, or give another `trainer.logger.tracking_uri` (or MLFLOW_TRACKING_URI)"
-            raise SettingError(f"the MLflow tracking server {uri} does not answer ({why}): {fix}") from None
+            why = reason.group(1) if reason else _reason(error)
+            fix = "give another `trainer.logger.tracking_uri` (or MLFLOW_TRACKING_URI)"
+            if uri.startswith(("http://", "https://")):
+                line = f"the MLflow tracking server {uri} does not answer ({why}): start it, or {fix}"
+            else:
+                line = f"MLflow cannot use the tracking store {uri} ({why}): {fix}"
+            raise SettingError(without_passwords(line)) from None
 
 
 class CSVLogger(pl_loggers.CSVLogger):

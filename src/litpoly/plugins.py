@@ -1,15 +1,18 @@
-"""The run layer's Trainer plugins: a checkpoint writer that never leaves a broken file, a profiler that costs
-nothing.
+"""The run layer's Trainer plugins: a checkpoint reader and writer that neither runs code nor leaves a broken file,
+a profiler that costs nothing.
 
 :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it into place, and refuses to
-write non-finite weights, so a good checkpoint is never replaced by a broken one. :class:`NullProfiler` is
+write non-finite weights, so a good checkpoint is never replaced by a broken one; it restores the checkpoint the
+command line read and checked, not the file read a second time. :class:`NullProfiler` is
 Lightning's "no profiler", made cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,9 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
+
+from litpoly.errors import CheckpointWriteError
+from litpoly.runs import read_checkpoint
 
 
 class NonFiniteCheckpointError(RuntimeError):
@@ -38,6 +44,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (``s3://`` …) are written as Lightning writes them.
     """
 
+    def __init__(self, checked: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.checked = checked
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        """The checkpoint the command line has already read and checked, when ``path`` is its file: read once, so
+        the file cannot change between the check and the restore. Any other file is read weights-only, whatever
+        ``weights_only`` asks (see :func:`litpoly.runs.read_checkpoint`)."""
+        if self.checked is not None and Path(path) == self.checked[0]:
+            checked, self.checked = self.checked[1], None  # handed over once: the Trainer owns it from here
+            return checked
+        return read_checkpoint(Path(path))
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if not _all_finite(checkpoint.get("state_dict", {})):
             raise NonFiniteCheckpointError(f"refusing to write {path}: the model's weights are not finite")
@@ -50,8 +69,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, partial)
             os.replace(partial, path)
+        except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError from C++
+            raise CheckpointWriteError(f"could not write {path}: {_why(error, path.parent, checkpoint)}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _why(error: BaseException, folder: Path, checkpoint: dict[str, Any]) -> str:
+    """Why a checkpoint write failed, in words: torch's own message for a full disk is a C++ stream position."""
+    size = sum(v.nbytes for v in checkpoint.get("state_dict", {}).values() if torch.is_tensor(v))
+    free = shutil.disk_usage(folder).free
+    if getattr(error, "errno", None) == errno.ENOSPC or free < size + 2**20:
+        return (
+            f"the disk is full ({free / 2**20:.0f} MiB free in {folder}); the checkpoints written before are intact: "
+            "free space, then resume with --ckpt_path last"
+        )
+    return f"{' '.join(str(error).split())[:300]}; the checkpoints written before are intact"
 
 
 _NOTHING = contextlib.nullcontext()

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +32,8 @@ import yaml
 from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from litpoly import safe_yaml
+from litpoly.console import say
 from litpoly.errors import CheckpointError
 
 #: The folder under the root that holds the run folders (Lightning's loggers' default ``name``).
@@ -103,7 +107,7 @@ def _plain(value: Any) -> Any:
 
 def _recorded_experiment(run: Path) -> str | None:
     try:
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = safe_yaml.load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
     return experiment(config) if isinstance(config, dict) else None
@@ -117,33 +121,64 @@ def run_checkpoints(logs: Path, which: Literal["last", "best"], of: str | None =
         for path in logs.glob(f"*/checkpoints/{which}.ckpt")
         if of is None or _recorded_experiment(path.parents[1]) == of
     ]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(found, key=_mtime, reverse=True)
 
 
-def resolve_checkpoint(ckpt_path: str, logs: Path, of: str | None = None) -> Path:
-    """The file ``--ckpt_path`` means: a path as given, or for ``last`` (``best``) the newest ``last.ckpt``
-    (``best.ckpt``) of a run of the experiment ``of`` under ``logs`` (of any run when ``of`` is ``None``).
+def resume_candidates(logs: Path, of: str | None = None) -> list[Path]:
+    """Every checkpoint ``--ckpt_path last`` may mean, in the order it tries them: the runs of the experiment ``of``
+    newest first (by their newest checkpoint), and within a run its ``last.ckpt``, then its other checkpoints
+    (periodic ones, ``best.ckpt``) newest first. A run stopped before its first ``last.ckpt`` still counts, with
+    what it did save."""
+    runs: dict[Path, list[Path]] = {}
+    for path in logs.glob("*/checkpoints/*.ckpt"):
+        runs.setdefault(path.parents[1], []).append(path)
+    ordered = [
+        sorted(paths, key=lambda p: (p.name == "last.ckpt", _mtime(p)), reverse=True)
+        for run, paths in runs.items()
+        if of is None or _recorded_experiment(run) == of
+    ]
+    ordered.sort(key=lambda paths: max(map(_mtime, paths)), reverse=True)
+    return [path for paths in ordered for path in paths]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed since it was listed
+        return float("-inf")
+
+
+def find_checkpoint(ckpt_path: str, logs: Path, of: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--ckpt_path`` means, read (weights only): a path as given, or for ``last`` the newest
+    checkpoint of a run of the experiment ``of`` under ``logs`` (see :func:`resume_candidates`), for ``best`` the
+    newest ``best.ckpt`` (of any run when ``of`` is ``None``).
 
     Lightning's own ``last`` and ``best`` look only in the *new* run's folder, which is empty when a new command
-    resumes or evaluates an old run.
+    resumes or evaluates an old run. A newest checkpoint that is unreadable (a disk that filled, a copy cut short)
+    is passed over, with one line saying so, for the newest one that reads: otherwise every relaunch of a
+    preemptible job would stop at it. One that holds code is never passed over: that is an error.
 
     Raises:
-        CheckpointError: One line naming the setting, when there is no such file.
+        CheckpointError: One line naming the setting, when there is no such file, or none that reads.
     """
-    if ckpt_path in ("last", "best"):
-        which: Literal["last", "best"] = "last" if ckpt_path == "last" else "best"
-        candidates = run_checkpoints(logs, which, of)
-        if not candidates:
-            raise CheckpointError(_none_found(which, logs, of))
-        return candidates[0]
     if ckpt_path in ("hpc", "registry"):
         raise CheckpointError(
             f"`ckpt_path` {ckpt_path!r} is not supported here: give a checkpoint file, 'last' or 'best'"
         )
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"`ckpt_path`: no such checkpoint file: {ckpt_path}")
-    return path
+    if ckpt_path not in ("last", "best"):
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise CheckpointError(f"`ckpt_path`: no such checkpoint file: {ckpt_path}")
+        return path, read_checkpoint(path)
+    candidates = resume_candidates(logs, of) if ckpt_path == "last" else run_checkpoints(logs, "best", of)
+    if not candidates:
+        raise CheckpointError(_none_found("last" if ckpt_path == "last" else "best", logs, of))
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except UnreadableCheckpoint as error:
+            say(f"Warning: passing over {path}: {error.reason}.", stderr=True)
+    raise CheckpointError(f"`ckpt_path` {ckpt_path}: none of the {len(candidates)} checkpoints found reads")
 
 
 def _none_found(which: Literal["last", "best"], logs: Path, of: str | None) -> str:
@@ -157,15 +192,30 @@ def _none_found(which: Literal["last", "best"], logs: Path, of: str | None) -> s
     return f"`ckpt_path` {which}: no run under {logs} has a checkpoints/{which}.ckpt{hint}"
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint file that cannot be read: truncated, corrupt or not a checkpoint (``reason`` says which)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"`ckpt_path` {path} {reason}")
+        self.reason = reason
+
+
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """Load a Lightning checkpoint from ``path``, weights only (tensors and plain data, never code).
 
+    The file must be what ``torch.save`` writes: a zip archive whose records are stored, not compressed. So what
+    it holds can claim no more memory than its size on disk, and a small file cannot make the read allocate
+    gigabytes (a compressed record, or the old non-zip format, whose storages say their own sizes).
+
+    ``mmap``: map the tensors' bytes rather than read them (to look at a checkpoint's records, not its weights).
+
     Raises:
-        CheckpointError: One line, when the file holds objects that may not be loaded (code), is truncated, corrupt
-            or not a Lightning checkpoint.
+        CheckpointError: One line, when the file holds objects that may not be loaded (code); an
+            :class:`UnreadableCheckpoint` when it is truncated, corrupt or not a Lightning checkpoint.
     """
+    _check_archive(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         refused = re.search(r"GLOBAL (\S+)", str(error))  # torch names the first object it would not load
         if refused is not None:
@@ -174,9 +224,97 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                 "are read weights-only, so no code they carry ever runs"
             ) from None
         # A truncated zip, pickle garbage, another format: all mean "unreadable".
-        raise CheckpointError(
-            f"`ckpt_path` {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}"
+        raise UnreadableCheckpoint(
+            path, f"is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"`ckpt_path` {path} is not a Lightning checkpoint (it has no state_dict)")
+        raise UnreadableCheckpoint(path, "is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, before anything is allocated, a file that is not the stored zip archive ``torch.save`` writes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise UnreadableCheckpoint(
+            path, f"is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}"
+        ) from None
+    compressed = next((r.filename for r in records if r.compress_type != zipfile.ZIP_STORED), None)
+    if compressed is not None:
+        raise UnreadableCheckpoint(path, f"has a compressed record ({compressed}), which torch.save never writes")
+    if sum(r.file_size for r in records) > path.stat().st_size:
+        raise UnreadableCheckpoint(path, "claims records larger than the file itself (corrupt?)")
+
+
+# -- what a run folder holds -----------------------------------------------------------------------------------
+
+
+def training_done(trainer: Any, checkpoint: dict[str, Any]) -> str | None:
+    """What a checkpoint already completed of the schedule ``trainer`` sets (e.g. ``max_steps=2400``), or ``None``
+    when resuming it would train more. ``trainer``: the Trainer's settings (a parsed config's, or a ``config.yaml``'s).
+
+    Lightning stops at ``max_steps`` optimizer steps, or after ``max_epochs`` epochs (1000 when neither is set);
+    a checkpoint records its steps (``global_step``) and its finished epochs (its fit loop's progress).
+    """
+    max_steps = trainer.get("max_steps")
+    if max_steps is not None and max_steps >= 0 and checkpoint.get("global_step", 0) >= max_steps:
+        return f"max_steps={max_steps}"
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is None and (max_steps is None or max_steps < 0):
+        max_epochs = 1000
+    epochs = (
+        checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("completed")
+    )
+    if max_epochs is not None and max_epochs >= 0 and isinstance(epochs, int) and epochs >= max_epochs:
+        return f"max_epochs={max_epochs}"
+    return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run folder at a glance: what ``scripts/runs.py`` lists."""
+
+    folder: Path
+    model: str  #: the model's class, as its config names it
+    step: int | None  #: the newest checkpoint's step (``None``: no checkpoint)
+    best: str | None  #: ``<monitor> <score>`` of its best checkpoint, if it keeps one
+    status: str  #: ``done (max_steps=…)``, ``stopped at step N``, or ``no checkpoint``
+
+
+def summarize_runs(logs: Path) -> list[RunSummary]:
+    """Every run folder under ``logs`` (one with a ``config.yaml``), oldest first. Checkpoints are read memory-mapped
+    and weights-only: listing a folder of large runs reads little of each file."""
+    folders = [config.parent for config in logs.glob("*/config.yaml")]
+    return [_summary(folder) for folder in sorted(folders, key=lambda f: _mtime(f / "config.yaml"))]
+
+
+def _summary(folder: Path) -> RunSummary:
+    try:
+        config = safe_yaml.load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    model = config.get("model") if isinstance(config, dict) else None
+    name = str(model.get("class_path") if isinstance(model, dict) else model)
+    checkpoints = [path for path in resume_candidates(folder.parent) if path.parents[1] == folder]
+    for path in checkpoints:
+        try:
+            checkpoint = read_checkpoint(path, mmap=True)
+        except CheckpointError:
+            continue
+        done = training_done(config.get("trainer") or {}, checkpoint)
+        step = int(checkpoint.get("global_step", 0))
+        status = f"done ({done})" if done else f"stopped at step {step}"
+        return RunSummary(folder, name, step, _best(checkpoint), status)
+    return RunSummary(folder, name, None, None, "no checkpoint")
+
+
+def _best(checkpoint: dict[str, Any]) -> str | None:
+    """``<monitor> <score>`` of the callback that keeps ``best.ckpt``, from a checkpoint's callback states."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and str(state.get("best_model_path", "")).endswith("best.ckpt"):
+            score = state.get("best_model_score")
+            if state.get("monitor") and score is not None:
+                return f"{state['monitor']} {float(score):.6g}"
+    return None

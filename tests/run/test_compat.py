@@ -78,6 +78,7 @@ def test_stateful_is_the_protocol_lightning_saves_loaders_by() -> None:
         ("lightning.pytorch.loops.prediction_loop", "Couldn't infer the batch indices"),
         ("lightning.fabric.loggers.csv_logs", "Experiment logs directory"),
         ("lightning.pytorch.trainer.setup", "GPU available:"),
+        ("lightning.pytorch.cli", "LightningCLI's args parameter is intended to run from within Python"),
     ],
 )
 def test_the_messages_quieted_are_still_lightnings(module: str, text: str) -> None:

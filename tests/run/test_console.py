@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PROBLEMS, TRAIN, Problem, subprocess_env
+import pytest
+
+from helpers import PROBLEMS, TRAIN, TWOMOONS, Problem, RunCLI, load_checkpoint, run_folder, subprocess_env
 
 
 def through_a_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,3 +42,25 @@ def test_errors_and_stops_through_a_pipe_are_lines_of_their_own(tmp_path: Path) 
     assert result.returncode == 1
     assert "\r" not in result.stdout + result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: training diverged at step 0: the loss ")
+
+
+def test_every_fit_ends_with_its_checkpoints_and_final_metrics(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that prints nothing of its own (two moons): the fit's last lines name last.ckpt with its step, the
+    best checkpoint with the score TensorBoard's reader finds lowest, and each metric's final value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_cli("fit", *TWOMOONS.select, *TWOMOONS.quick, "--best.monitor", "val/loss")
+    lines = capsys.readouterr().out.splitlines()
+    folder = run_folder(tmp_path)
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    val_loss = [event.value for event in sorted(events.Scalars("val/loss"), key=lambda e: e.step)]
+    step = load_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"]
+    assert step == TWOMOONS.steps
+    assert (
+        lines[-2] == f"Checkpoints: {folder / 'checkpoints' / 'last.ckpt'} (step {step}), best.ckpt (val/loss "
+        f"{min(val_loss):.6g})"
+    )
+    assert lines[-1].startswith("Final metrics: ") and f"val/loss {val_loss[-1]:.6g}" in lines[-1]

@@ -7,6 +7,7 @@ a scalar as a float32, the others the float it was logged as, so each of theirs 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -16,18 +17,21 @@ import time
 import urllib.parse
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DEFAULT_CONFIG, PROBLEMS, REPO, TWOMOONS, RunCLI, http_json, run_folder, subprocess_env
+from helpers import PROBLEMS, REPO, TWOMOONS, RunCLI, free_port, http_json, load_checkpoint, run_folder, subprocess_env
 from litpoly.callbacks.report import flat_hparams
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
-from test_logs import free_port
 
 LOGGERS = REPO / "configs" / "loggers"
 Series = dict[str, list[tuple[int, float]]]
@@ -186,11 +190,10 @@ except SystemExit as exit_:
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]  # the default run's only
 
 
-@pytest.mark.slow
-def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> None:
-    """A real `mlflow server` on 127.0.0.1 gets the run over HTTP; read back over MLflow's REST API with urllib."""
+@contextlib.contextmanager
+def mlflow_server(store: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `mlflow server` on 127.0.0.1 with its store under ``store``: its URL and its process, stopped after."""
     port = free_port()
-    store = tmp_path / "server"
     store.mkdir()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -198,10 +201,6 @@ def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> 
         cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-
-    def api(path: str, body: dict[str, Any] | None = None, **query: str) -> Any:
-        return http_json(f"{base}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else ""), body)
-
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -211,8 +210,30 @@ def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> 
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.3)
-        run_cli("fit", *TWOMOONS.select, *TWOMOONS.quick, *loggers("mlflow"), "--trainer.logger.tracking_uri", base)
+        yield base, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> None:
+    """A real `mlflow server` on 127.0.0.1 gets the run over HTTP; read back over MLflow's REST API with urllib. The
+    password in the tracking URI reaches no file: neither the run folder's nor the server's store and artifacts."""
+    with mlflow_server(tmp_path / "server") as (base, _):
+
+        def api(path: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+            url = f"{base}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+            return http_json(url, body)
+
+        with_password = base.replace("://", "://alice:s3cret@")  # the password never reaches a file
+        run_cli("fit", *TWOMOONS.select, *TWOMOONS.quick, *loggers("mlflow"), "--trainer.logger.tracking_uri",
+                with_password)  # fmt: skip
         run = run_folder(tmp_path)
+        assert f"tracking_uri: {base.replace('://', '://…@')}" in (run / "config.yaml").read_text()
+        written = [path for path in tmp_path.rglob("*") if path.is_file()]
+        assert len(written) > 5 and not [path for path in written if b"s3cret" in path.read_bytes()]
         assert not (tmp_path / "lightning_logs" / "mlflow.db").exists()  # the server's store, not the local one
         experiment = api("experiments/get-by-name", experiment_name="lightning_logs")["experiment"]
         [found] = api("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
@@ -229,6 +250,56 @@ def test_a_tracking_server_receives_the_run(run_cli: RunCLI, tmp_path: Path) -> 
         query = urllib.parse.urlencode({"path": "config.yaml", "run_uuid": info["run_id"]})
         with urllib.request.urlopen(f"{base}/get-artifact?{query}", timeout=10) as response:
             assert response.read().decode() == (run / "config.yaml").read_text()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
-        server.wait(timeout=30)
+
+
+class KillAt(Callback):
+    """Kills the tracking server's process group after training step ``step``, and waits until it is gone."""
+
+    def __init__(self, server: subprocess.Popen[bytes], step: int) -> None:
+        self.server, self.step = server, step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_run_costs_no_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server dies at step 40 of 120: the run trains to the end, says so in one line, and its TensorBoard file
+    and last checkpoint hold every step."""
+    monkeypatch.chdir(tmp_path)
+    with mlflow_server(tmp_path / "server") as (base, server):
+        settings = ("--trainer.max_steps", "120", "--trainer.log_every_n_steps", "10", "--model.parity", "false",
+                    "--trainer.logger.tracking_uri", base, "--trainer.enable_progress_bar", "false")  # fmt: skip
+        cli = run_command(["fit", *loggers("mlflow"), *settings], DEFAULT_CONFIG, callbacks=[KillAt(server, 40)])
+    assert cli.trainer.global_step == 120
+    run = run_folder(tmp_path)
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 120
+    assert max(step for step, _ in tensorboard_scalars(run)["train/loss"]) == 119
+    said = [line for line in capsys.readouterr().err.splitlines() if "MLflow" in line]
+    assert len(said) == 1 and said[0].startswith(f"Warning: MLflow at {base} failed (")
+    assert said[0].endswith("the run goes on without it, its run folder and checkpoints intact.")
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("file:///{tmp}/mlruns", "(The filesystem tracking backend"),  # MLflow's own refusal, not jsonargparse's
+        ("sqlite:////proc/no-such-folder/mlflow.db", "([Errno 2] No such file or directory: '/proc/no-such-folder')"),
+    ],
+    ids=["file-store", "unmakeable-sqlite"],
+)
+def test_a_tracking_store_mlflow_refuses_is_one_line_with_its_reason(
+    uri: str, reason: str, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = uri.format(tmp=tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        run_cli("fit", *TWOMOONS.select, *loggers("mlflow"), "--trainer.logger.tracking_uri", uri)
+    assert excinfo.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: MLflow cannot use the tracking store {uri} {reason}") and len(line) < 500, line
+    assert not (tmp_path / "lightning_logs").exists()

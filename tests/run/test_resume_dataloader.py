@@ -1,4 +1,4 @@
-"""Exact resume for a standard DataLoader (litpoly.resume), interrupted at a chosen step, in this process.
+"""Exact resume for a standard DataLoader (litpoly.callbacks.resume), interrupted at a chosen step, in this process.
 
 The digits problem reads files through a ``DataLoader(shuffle=True)`` with worker processes, draws dropout masks
 every step and sizes OneCycleLR with ``estimated_stepping_batches``: each of these alone makes a resumed run
@@ -20,15 +20,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset, WeightedRandomSampler
 
-from conftest import DEFAULT_CONFIG, DIGITS, RunCLI, assert_same_weights, held_out, load_checkpoint, run_folder
 from digits import DigitsDataModule, DigitsFiles
+from helpers import (
+    DIGITS,
+    RunCLI,
+    assert_same_optimizer_state,
+    assert_same_weights,
+    held_out,
+    load_checkpoint,
+    run_folder,
+)
 from litpoly.callbacks.resume import ExactResume
 from litpoly.check.runs import InterruptAt
+from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 from litpoly.data.resumable import EpochSampler, ResumableLoader, why_not_resumable
 from litpoly.data.step_loader import StepLoader
 from litpoly.errors import Interrupted
-from test_resume import assert_same_optimizer_state
 
 PER_EPOCH = 24  # 1500 training images in batches of 64
 
@@ -146,34 +154,40 @@ class EpochDigits(DigitsDataModule):
         self.train_set.dataset = EpochFiles(self.folder)
 
 
-def test_set_epoch_with_persistent_workers_is_said(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+def test_set_epoch_with_persistent_workers_is_said(
+    run_cli: RunCLI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = [*DIGITS.select, "--data", f"{__name__}.EpochDigits", "--data.data_dir", DIGITS.select[-1],
-            "--data.num_workers", "1", "--trainer.max_steps", "2",
+            "--data.num_workers", "1", "--trainer.max_steps", "3",
             "--trainer.enable_model_summary", "false"]  # fmt: skip
-    run_cli("fit", *args)
+    interrupted_fit(["fit", *args], 2, monkeypatch)
     said = [line for line in capsys.readouterr().err.splitlines() if "set_epoch" in line]
     assert said == [
         "Warning: the training dataset has set_epoch, but its persistent workers keep the copy they made in the run's "
         "first epoch and never see another epoch: set persistent_workers=False"
     ]
     run_cli("fit", *args, "--ckpt_path", "last")  # asks for its loader twice (litpoly.compat), says it once
-    said = [line for line in capsys.readouterr().err.splitlines() if "set_epoch" in line]
+    said = [line for line in capsys.readouterr().err.splitlines() if "the training dataset has set_epoch" in line]
     assert len(said) == 1 and said[0].startswith("Warning: the training dataset has set_epoch")
     run_cli("fit", *args, "--data.persistent_workers", "false")
     assert "set_epoch" not in capsys.readouterr().err
 
 
-def test_float64_runs_resume_and_evaluate_on_the_float64_weights_saved(run_cli: RunCLI, tmp_path: Path) -> None:
+def test_float64_runs_resume_and_evaluate_on_the_float64_weights_saved(
+    run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Lightning loads a checkpoint into the float32 model it makes, then converts the model to float64: the run
-    layer loads the saved weights again once the model is float64 (litpoly.resume.WeightsAsSaved)."""
-    args = [*DIGITS.select, "--trainer.precision", "64-true", "--trainer.max_steps", "5", "--data.num_workers", "0",
+    layer loads the saved weights again once the model is float64 (litpoly.callbacks.WeightsAsSaved), so a resumed
+    run ends bit for bit where one run does, and evaluation uses the float64 weights saved."""
+    args = [*DIGITS.select, "--trainer.precision", "64-true", "--trainer.max_steps", "7", "--data.num_workers", "0",
             "--trainer.enable_model_summary", "false"]  # fmt: skip
-    run_cli("fit", *args)
+    interrupted_fit(["fit", *args], 5, monkeypatch)  # version_0: steps 0 to 4
     saved = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
-    run_cli("fit", *args, "--ckpt_path", str(saved))  # nothing left to train: it saves what it restored
-    restored = final_state(run_folder(tmp_path, 1))
-    assert restored["global_step"] == 5
-    assert_same_weights(restored["state_dict"], load_checkpoint(saved)["state_dict"])  # bit for bit
+    run_cli("fit", *args, "--ckpt_path", str(saved))  # version_1: steps 5 and 6
+    run_cli("fit", *args)  # version_2: all 7 in one run
+    resumed, straight = final_state(run_folder(tmp_path, 1)), final_state(run_folder(tmp_path, 2))
+    assert resumed["global_step"] == straight["global_step"] == 7
+    assert_same_weights(resumed["state_dict"], straight["state_dict"])  # bit for bit: resumed from float64 weights
     cli = run_cli("validate", *args, "--ckpt_path", str(saved))
     x, y = held_out(cli.trainer.val_dataloaders)
     expected = DIGITS.witness(load_checkpoint(saved)["state_dict"], x, y)  # numpy, in float64

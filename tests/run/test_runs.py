@@ -1,13 +1,20 @@
 """litpoly.runs: run folders and what `--ckpt_path last` and `best` mean, with several experiments in one
-lightning_logs/ and under SLURM's job id."""
+lightning_logs/ and under SLURM's job id; scripts/runs.py's list of them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder
+from helpers import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder, subprocess_env
+from litpoly.check.runs import InterruptAt
+from litpoly.cli import DEFAULT_CONFIG
+from litpoly.cli import run as run_command
+from litpoly.errors import Interrupted
 
 RMSPROP = ("--config", str(REPO / "configs" / "rmsprop.yaml"))
 MODEL = ("--model.parity", "false")  # a model setting: commands of one experiment give it alike
@@ -78,3 +85,26 @@ def test_the_next_run_folder_counts_as_lightnings_loggers_do(tmp_path: Path, mon
     assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "version_4"
     monkeypatch.setenv(RUN_VERSION, "trial_7")
     assert next_run_folder(tmp_path) == tmp_path / "lightning_logs" / "trial_7"
+
+
+def test_scripts_runs_lists_each_run_with_its_status_and_best_score(
+    run_cli: RunCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One finished run, one stopped by Ctrl-C: the list says which, with the best score TensorBoard's own reader
+    finds in the run's event file."""
+    best = ("--best.monitor", "val/mse")
+    run_cli("fit", *QUICK, *best)
+    with pytest.raises(Interrupted):
+        run_command(["fit", *QUICK, *best, "--trainer.max_steps", "40", "--trainer.enable_progress_bar", "false"],
+                    DEFAULT_CONFIG, callbacks=[InterruptAt(24)])  # fmt: skip  # stops after step 25
+    listed = subprocess.run([sys.executable, str(REPO / "scripts" / "runs.py")], cwd=tmp_path, env=subprocess_env(),
+                            capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert listed[0].split() == ["run", "model", "step", "best", "status"]
+    rows = [line.split(maxsplit=4) for line in listed[1:]]
+    for row, (step, status) in zip(rows, [("20", "done (max_steps=20)"), ("25", "stopped at step 25")], strict=True):
+        folder = tmp_path / "lightning_logs" / row[0]
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        lowest = min(event.value for event in events.Scalars("val/mse"))
+        assert row[1:3] == ["sinefit.PolynomialRegressor", step]
+        assert row[3] == "val/mse" and row[4].split(maxsplit=1) == [f"{lowest:.6g}", status]

@@ -22,7 +22,7 @@ class ConsoleReport(L.Callback):
 
     The loss lines are the seed notebook's ``print(t, loss.item())``: ``99 204.84…`` (0-based step, loss
     before that step's update). Under DDP the loss printed is the mean of the processes' losses, which is
-    the one-process loss whenever the DDP rule of :class:`~litpoly.loader.StepLoader` holds. Reading the loss
+    the one-process loss whenever the DDP rule of :class:`~litpoly.data.StepLoader` holds. Reading the loss
     costs one device sync per line, not one per step.
 
     A run that fails on a bad combination of settings (:class:`~litpoly.errors.SettingError`, found during setup or
@@ -35,9 +35,11 @@ class ConsoleReport(L.Callback):
     def __init__(self, every_n_steps: PositiveInt = 100) -> None:
         self.every_n_steps = every_n_steps
         self._announced = False
+        self._printed = 0  # the step whose line was printed last
+        self._finished = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._announced = False
+        self._announced, self._printed = False, 0
 
     def _announce(self, trainer: L.Trainer) -> None:
         # Once the data is loaded and every setup hook has run, so that a run refused during setup prints one
@@ -64,12 +66,27 @@ class ConsoleReport(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # `global_step` has already counted this step; the seed prints the loss *before* the update at t.
-        if trainer.global_step % self.every_n_steps:
+        # `global_step` has already counted this step; the seed prints the loss *before* the update at t. With
+        # `accumulate_grad_batches` this hook runs for every micro-batch: a step's line is printed at the batch
+        # that made the step, not again at the next micro-batch, and none before the first step.
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._printed:
             return
+        self._printed = step
         loss = step_loss(outputs)
         if loss is not None:
             say(f"{trainer.global_step - 1} {trainer.strategy.reduce(loss.detach(), reduce_op='mean').item()}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finished = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # After every callback's `on_fit_end` (the example's own report included), and only for a fit that ended
+        # by its schedule or early stopping: a signal or a diverged run says its own line instead.
+        if stage == "fit" and self._finished and not getattr(trainer, "fast_dev_run", False):
+            for line in fit_summary(trainer):
+                say(line)
+        self._finished = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SettingError) and trainer.is_global_zero:
@@ -79,3 +96,36 @@ class ConsoleReport(L.Callback):
             folder = Path(log_dir) if log_dir else None
             if folder is not None and folder.is_dir() and not any(folder.rglob("*.ckpt")):
                 exception.run_folder = folder  # made by this run's logger; it holds nothing worth keeping
+
+
+def fit_summary(trainer: L.Trainer) -> list[str]:
+    """What a finished ``fit`` ends with, for any model: its checkpoints (``last.ckpt`` and its step, the best one
+    with its score) and the final value of every metric it logged.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> saver = SimpleNamespace(last_model_path="/r/checkpoints/last.ckpt", best_model_path="", monitor=None)
+        >>> best = SimpleNamespace(last_model_path="", best_model_path="/r/checkpoints/best.ckpt", monitor="val/mse",
+        ...                        best_model_score=torch.tensor(0.25))
+        >>> trainer = SimpleNamespace(checkpoint_callbacks=[saver, best], global_step=100,
+        ...                           callback_metrics={"val/mse": torch.tensor(0.3), "train/loss": torch.tensor(2.0)})
+        >>> for line in fit_summary(trainer):
+        ...     print(line)
+        Checkpoints: /r/checkpoints/last.ckpt (step 100), best.ckpt (val/mse 0.25)
+        Final metrics: train/loss 2, val/mse 0.3
+    """
+    saved = []
+    callbacks = trainer.checkpoint_callbacks  # ModelCheckpoint's, read by name: any checkpoint callback may be there
+    last = next((c.last_model_path for c in callbacks if getattr(c, "last_model_path", "")), "")  # type: ignore[attr-defined]
+    if last:
+        saved.append(f"{last} (step {trainer.global_step})")
+    for callback in callbacks:
+        path, score = getattr(callback, "best_model_path", ""), getattr(callback, "best_model_score", None)
+        monitor = getattr(callback, "monitor", None)
+        if path and monitor and score is not None:
+            saved.append(f"{Path(path).name if last else path} ({monitor} {float(score):.6g})")
+    lines = [f"Checkpoints: {', '.join(saved)}"] if saved else []
+    metrics = {key: value for key, value in trainer.callback_metrics.items() if value.numel() == 1}
+    if metrics:
+        lines.append("Final metrics: " + ", ".join(f"{k} {float(v):.6g}" for k, v in sorted(metrics.items())))
+    return lines

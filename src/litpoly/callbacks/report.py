@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger  # imports
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from litpoly.loggers import _FOLDERS
+from litpoly.loggers import _FOLDERS, ResilientMLFlowLogger
 
 HParamValue = int | float | str | bool
 
@@ -145,7 +145,10 @@ class RunReport(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 logger.log_hyperparams(flat_hparams(yaml.safe_load(config.read_text()) or {}, prefix="config/"))
-                logger.experiment.log_artifact(logger.run_id, str(config))
+                if isinstance(logger, ResilientMLFlowLogger):
+                    logger.log_artifact(config)
+                else:
+                    logger.experiment.log_artifact(logger.run_id, str(config))
 
     @staticmethod
     def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:

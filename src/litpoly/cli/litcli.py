@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,19 +39,20 @@ from litpoly.callbacks import (
     WeightsAsSaved,
 )
 from litpoly.cli.arguments import given_keys
-from litpoly.cli.checks import check_against_checkpoint
-from litpoly.console import say
+from litpoly.cli.checks import check_against_checkpoint, check_trains_something, check_writable
+from litpoly.console import say, without_passwords
+from litpoly.errors import AlreadyDone, SettingError
 from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_mlflow_stores
 from litpoly.plugins import AtomicCheckpointIO, NullProfiler
 from litpoly.runs import (
     LOGS,
     experiment,
+    find_checkpoint,
     next_run_folder,
-    read_checkpoint,
-    resolve_checkpoint,
+    resume_candidates,
     root_dir,
-    run_checkpoints,
     run_name,
+    training_done,
 )
 
 #: Defaults for every run's Trainer; a config or a flag overrides them.
@@ -59,6 +61,21 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # second, partial entry to the HPARAMS tab.
     "enable_autolog_hparams": False,
 }
+
+
+def _refuse_unsafe_loading(config: Namespace) -> None:
+    """Checkpoints are read weights-only on every path: a setting that would let Lightning unpickle code is refused,
+    not silently overridden."""
+    if config.get("weights_only") is False:
+        raise SettingError(
+            "`weights_only` false is not allowed: checkpoints are read weights-only, so no code they carry ever "
+            "runs (give true, or leave it out)"
+        )
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        raise SettingError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: checkpoints are read weights-only, so no code they carry ever "
+            "runs (unset it)"
+        )
 
 
 class Stage:
@@ -70,10 +87,14 @@ class Stage:
 class RecordedConfig(SaveConfigCallback):
     """LightningCLI's ``config.yaml``, holding the command's settings as given (``as_given``): neither the model
     settings LightningCLI merges from a checkpoint nor the loggers' folders and versions that
-    :func:`~litpoly.loggers.place_loggers` fills in, so that the file runs again as the same command, as a new run."""
+    :func:`~litpoly.loggers.place_loggers` fills in, so that the file runs again as the same command, as a new run.
+
+    Without the passwords in its URLs (a tracking server's ``http://user:password@host``, or one from
+    ``MLFLOW_TRACKING_URI``): the file is copied to TensorBoard's text tab and to MLflow's artifacts. A run of the
+    file again takes its credentials from the environment (``MLFLOW_TRACKING_USERNAME`` and ``…_PASSWORD``)."""
 
     def __init__(self, parser: LightningArgumentParser, config: Namespace, as_given: Namespace, **kwargs: Any) -> None:
-        super().__init__(parser, as_given, **kwargs)
+        super().__init__(parser, without_passwords(as_given), **kwargs)
 
 
 class LitCLI(LightningCLI):
@@ -87,6 +108,7 @@ class LitCLI(LightningCLI):
 
     def __init__(self, argv: Sequence[str], stage: Stage, **kwargs: Any) -> None:
         self.argv, self.stage = list(argv), stage
+        self.checked_checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path, as read and checked
         super().__init__(save_config_callback=RecordedConfig, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -114,6 +136,10 @@ class LitCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        if subcommand == "fit":
+            check_trains_something(config.trainer)
+        if subcommand and not config.trainer.get("fast_dev_run"):  # (fast_dev_run writes nothing)
+            check_writable(root_dir(config.trainer))
         if subcommand and config.get("ckpt_path") is not None:
             self._find_checkpoint(subcommand, config)
         self.save_config_kwargs = {**self.save_config_kwargs, "as_given": copy.deepcopy(config)}
@@ -124,20 +150,30 @@ class LitCLI(LightningCLI):
 
     def _find_checkpoint(self, subcommand: str, config: Namespace) -> None:
         """Turn ``--ckpt_path`` into a file (``last``, ``best``: of this command's experiment, see
-        :mod:`litpoly.runs`) and check it against the settings, before LightningCLI reads the model's from it."""
+        :mod:`litpoly.runs`), read it once, weights only, and check it against the settings, before LightningCLI
+        reads the model's from it. What was checked is what the Trainer restores (``AtomicCheckpointIO``)."""
+        _refuse_unsafe_loading(config)
         logs = Path(root_dir(config.trainer), LOGS)
         of = experiment(config.as_dict())
-        if subcommand == "fit" and config.ckpt_path == "last" and not run_checkpoints(logs, "last", of):
+        if subcommand == "fit" and config.ckpt_path == "last" and not resume_candidates(logs, of):
             # The auto-resume idiom of preemptible jobs (SLURM --requeue, spot instances): the same command is
             # launched again and again, and the first launch has nothing to resume. As in Lightning: start fresh.
-            others = len(run_checkpoints(logs, "last"))
+            others = len({path.parents[1] for path in resume_candidates(logs)})  # runs, not files
             aside = f" ({others} with other model or data settings left alone)" if others else ""
-            say(f"No checkpoints/last.ckpt of a run with these settings under {logs}{aside}: starting a new run.")
+            say(f"No checkpoint of a run with these settings under {logs}{aside}: starting a new run.")
             config.ckpt_path = None
             return
-        path = resolve_checkpoint(config.ckpt_path, logs, of)
-        check_against_checkpoint(config, read_checkpoint(path), given_keys(self.argv, "model"), path)
+        path, checkpoint = find_checkpoint(config.ckpt_path, logs, of)
+        check_against_checkpoint(config, checkpoint, given_keys(self.argv, "model"), path)
+        if subcommand == "fit" and (done := training_done(config.trainer, checkpoint)) is not None:
+            raise AlreadyDone(f"{path} has finished this schedule ({done}): nothing to train, nothing written.")
+        if subcommand != "fit":
+            # Evaluating trains nothing: the callbacks' states (which checkpoint was best, early stopping's
+            # patience, the loader's position) would be restored into callbacks this command does not have. Empty,
+            # not absent: Lightning calls the callbacks' `on_load_checkpoint` only when the checkpoint has the key.
+            checkpoint = {**checkpoint, "callbacks": {}}
         config.ckpt_path = str(path)
+        self.checked_checkpoint = (path, checkpoint)
 
     def _place_loggers(self, trainer: Namespace) -> None:
         """The loggers a config lists by class (``configs/loggers/*.yaml``, ``--trainer.logger CLASS``) completed to
@@ -193,7 +229,7 @@ class LitCLI(LightningCLI):
         if config.get("profiler") is None:
             kwargs.setdefault("profiler", NullProfiler())
         if not config.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+            kwargs.setdefault("plugins", [AtomicCheckpointIO(checked=self.checked_checkpoint)])
         return super().instantiate_trainer(**kwargs)
 
     def _run_layer_callbacks(self, subconfig: Namespace, given: list[Callback]) -> list[Callback]:
