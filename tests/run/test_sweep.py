@@ -294,11 +294,13 @@ def postgresql() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str) -> None:
+    """Two worker processes, one PostgreSQL study; the password in the storage URL reaches no file and no output."""
     from helpers import TWOMOONS
 
     space = write_space(tmp_path, TWOMOONS, trials=4)
+    with_password = postgresql.replace("sweep@", "sweep:s3cret@")  # (trust auth: the server asks for none)
     done = subprocess.run(
-        sweep_command(space, "--workers", "2", "--storage", postgresql),
+        sweep_command(space, "--workers", "2", "--storage", with_password),
         cwd=tmp_path,
         env=subprocess_env(),
         capture_output=True,
@@ -306,6 +308,9 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str)
     )
     assert done.returncode == 0, done.stderr
     assert "postgresql://…@127.0.0.1" in done.stdout  # the URL shown without its credentials
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]  # trial logs, configs, event files
+    assert len(written) > 20 and not [path for path in written if b"s3cret" in path.read_bytes()]
+    assert "s3cret" not in done.stdout + done.stderr
     trials = planned(study_trials(tmp_path, "twomoons-lr", storage=postgresql))
     assert states(trials) == ["COMPLETE"] * 4, done.stdout
     assert len({t.user_attrs["worker"] for t in trials}) == 2
