@@ -9,7 +9,8 @@ of its class is compared, never imported: loading a file must not run code it na
 
 Writes ``model.onnx`` (onnxruntime, TensorRT, …) and ``model.pt2`` (``torch.export.load``; no model code needed)
 into ``export/`` beside the checkpoint's run folder, and prints how far each one's output is from the model's own
-on its example input. ONNX needs the export extra: ``pip install -e '.[export]'`` (the dev extra includes it).
+on real inputs (the run's validation data), or on its example input where the run's data gives none. ONNX needs
+the export extra: ``pip install -e '.[export]'`` (the dev extra includes it).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main(ckpt_path: str, model: str | None = None, out: Path | None = None, onnx
         raise SystemExit(2) from None
     for file, diff in ((written.onnx, written.onnx_max_diff), (written.program, written.program_max_diff)):
         if file is not None:
-            print(f"Wrote {file} (largest difference from the model's own output on its example input: {diff:.2g})")
+            print(f"Wrote {file} (largest difference from the model's own output on {written.checked_on}: {diff:.2g})")
 
 
 if __name__ == "__main__":

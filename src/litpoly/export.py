@@ -3,7 +3,10 @@ program that loads without the model's Python code), for any LightningModule thi
 
 The model is rebuilt from the checkpoint alone — its class and settings are in it (LightningCLI records them) —
 in the dtype it was trained in, and traced on its ``example_input_array`` (Lightning's own attribute for an
-input of the right shape), with the first dimension left free: any batch size works.
+input of the right shape), with the first dimension left free: any batch size works. Each file is then checked
+against the model's own output on real inputs: the first validation batch of the run's data module (as its
+``config.yaml`` beside the checkpoint's folder names it), where there is one; else on the example input, which
+for a typical model is zeros.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentParser
 
+from litpoly import compat, safe_yaml
 from litpoly.cli.checks import check_settings_fit
 from litpoly.runs import read_checkpoint
 
@@ -27,6 +32,7 @@ class Exported:
     program: Path | None
     onnx_max_diff: float | None
     program_max_diff: float | None
+    checked_on: str  #: the inputs the differences are measured on, in words
 
 
 def load_trained(ckpt_path: Path, class_path: str) -> L.LightningModule:
@@ -79,15 +85,17 @@ def export(ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, progr
     except OSError as error:
         raise ValueError(f"`out` {out} cannot be written: {error.strerror or error}") from None
     batch = torch.export.Dim("batch")
+    inputs, checked_on = held_out_inputs(ckpt_path)
+    inputs = example if inputs is None else inputs.to(example.dtype)
     with torch.no_grad():
-        expected = model(example)
+        expected = model(inputs)
     onnx_path = program_path = None
     onnx_diff = program_diff = None
     if program:
         program_path = out / "model.pt2"
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(exported, program_path)
-        program_diff = float((torch.export.load(program_path).module()(example) - expected).abs().max())
+        program_diff = float((torch.export.load(program_path).module()(inputs) - expected).abs().max())
     if onnx:
         try:
             import onnxruntime  # noqa: F401  # the export extra (onnx, onnxscript, onnxruntime)
@@ -99,8 +107,37 @@ def export(ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, progr
             onnx_path, example, input_names=["input"], output_names=["output"], dynamic_shapes=({0: batch},),
             dynamo=True, external_data=False, verbose=False,
         )  # fmt: skip
-        onnx_diff = _onnx_max_diff(onnx_path, example, expected)
-    return Exported(onnx_path, program_path, onnx_diff, program_diff)
+        onnx_diff = _onnx_max_diff(onnx_path, inputs, expected)
+    return Exported(onnx_path, program_path, onnx_diff, program_diff, checked_on)
+
+
+def held_out_inputs(ckpt_path: Path, limit: int = 256) -> tuple[torch.Tensor | None, str]:
+    """Up to ``limit`` inputs of the first validation batch of the run that wrote ``ckpt_path`` (its data module, as
+    the run's ``config.yaml`` names it, made on the CPU), and what they are in words; ``None`` and why not, when the
+    run's data gives none (no config beside the checkpoint, no validation data, a batch that is not inputs first)."""
+    config_path = ckpt_path.parent.parent / "config.yaml"
+    try:
+        config = safe_yaml.load(config_path.read_text())
+        data = config.get("data") if isinstance(config, dict) else None
+        if not isinstance(data, dict) or "class_path" not in data:
+            return None, "its example input (the run's config names no data module)"
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(L.LightningDataModule, "data")
+        datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+        # Data modules that put their data on the Trainer's device ask it for that device and its precision.
+        compat.quiet_irrelevant_messages()  # the Trainer's list of accelerators: no run starts here
+        datamodule.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        datamodule.prepare_data()
+        datamodule.setup("validate")
+        batch = next(iter(datamodule.val_dataloader()))
+    except Exception as error:  # any failure to read the data: the check falls back, and says why
+        return None, f"its example input (the run's validation data could not be read: {type(error).__name__})"
+    inputs = batch[0] if isinstance(batch, tuple | list) else batch
+    if not isinstance(inputs, torch.Tensor):
+        return None, "its example input (the run's validation batches do not start with an input tensor)"
+    inputs = inputs[:limit].cpu()
+    return inputs, f"{len(inputs)} inputs of the run's validation data"
 
 
 def _onnx_max_diff(path: Path, example: torch.Tensor, expected: torch.Tensor) -> float:

@@ -41,7 +41,9 @@ def test_exported_files_give_the_models_predictions_without_its_code(
     cli = run_cli("fit", *problem.select, *problem.quick)
     export_main("last", model=cli.config["fit"]["model"]["class_path"])
     folder = run_folder(tmp_path) / "export"
-    assert f"Wrote {folder / 'model.onnx'}" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"Wrote {folder / 'model.onnx'}" in said
+    assert "from the model's own output on" in said and " inputs of the run's validation data: " in said
     x = held_out(cli.trainer.val_dataloaders)[0].astype(np.float32)  # the held-out inputs
     with torch.no_grad():
         expected = cli.model.eval()(torch.from_numpy(x)).numpy()  # the model's own predictions (dropout off)
