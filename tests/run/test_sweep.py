@@ -256,9 +256,10 @@ def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_s
         assert max(tensorboard_values(run_folder(trial), "val/sse")) == 599
 
 
-@pytest.fixture
-def postgresql() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl; Debian's postgresql package), stopped after."""
+@contextlib.contextmanager
+def postgresql_cluster() -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl; Debian's postgresql package), stopped after:
+    its URL, and ``pg_ctl(action)`` to stop or start it meanwhile."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
     if not found[-1]:
         missing = "PostgreSQL's initdb is not installed (Debian: apt-get install postgresql; see .ci/run)"
@@ -283,13 +284,24 @@ def postgresql() -> Iterator[str]:
                        capture_output=True)  # fmt: skip
         options = f"-h 127.0.0.1 -p {port} -k {data}"
         # -l: the server's output to a file; inheriting a pipe of ours, it would keep subprocess.run waiting.
-        start = [*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", data / "server.log", "-w", "start"]
-        subprocess.run(start, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        control = [*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", data / "server.log", "-w"]
+
+        def pg_ctl(action: str) -> None:
+            stop = ["-m", "immediate"] if action == "stop" else []  # as a crash, or a lost machine, would
+            subprocess.run([*control, *stop, action], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        pg_ctl("start")
         subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "study"], check=True)
-        yield f"postgresql://sweep@127.0.0.1:{port}/study"
+        yield f"postgresql://sweep@127.0.0.1:{port}/study", pg_ctl
     finally:
         subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgresql() -> Iterator[str]:
+    with postgresql_cluster() as (url, _):
+        yield url
 
 
 @pytest.mark.slow
@@ -582,3 +594,30 @@ def test_a_study_refuses_a_changed_space(in_tests: Path, capsys: pytest.CaptureF
         "twomoons-lr",
         "twomoons-lr-2",
     ]
+
+
+@pytest.mark.slow
+def test_a_sweep_that_loses_its_database_says_so_in_one_line_and_the_same_command_goes_on(tmp_path: Path) -> None:
+    """The PostgreSQL server stops (as a crash would) after the first trial: the sweep ends with one line and exit
+    status 1, not Optuna's tracebacks; started again, the same command finishes the planned trials."""
+    from helpers import TWOMOONS
+
+    space = write_space(tmp_path, TWOMOONS, trials=3)
+    with postgresql_cluster() as (url, pg_ctl):
+        command = sweep_command(space, "--storage", url, "--grace_period", "4")
+        sweep = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert sweep.stdout is not None
+        for line in sweep.stdout:
+            if line.startswith("trial 0 ("):
+                break
+        pg_ctl("stop")
+        _, err = sweep.communicate(timeout=180)
+        assert sweep.returncode == 1, err
+        [line] = err.strip().splitlines()  # one line, no traceback
+        assert line.startswith("error: lost the study's storage postgresql://…@127.0.0.1:"), line
+        assert line.endswith("its finished trials are kept; run the same command again once it answers")
+        pg_ctl("start")
+        again = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        assert states(planned(study_trials(tmp_path, "twomoons-lr", storage=url)))[-3:] == ["COMPLETE"] * 3

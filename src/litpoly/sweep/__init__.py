@@ -24,11 +24,13 @@ Lightning template is here, in one place:
   and exit status 2 on the command line.
 
 The package by role: :mod:`~litpoly.sweep.space` (the space file), :mod:`~litpoly.sweep.trial` (one trial, and the
-check before a study), :mod:`~litpoly.sweep.study` (the study, its storage, its workers, the summary).
+check before a study), :mod:`~litpoly.sweep.storage` (the study's database: opened, or lost mid-sweep),
+:mod:`~litpoly.sweep.study` (the study, its workers, the summary).
 """
 
 from litpoly.sweep.space import Param, Pruner, SearchSpace, command
-from litpoly.sweep.study import BEYOND_PLAN, GRACE_S, HEARTBEAT_S, Setup, open_storage, storage_url, sweep, work
+from litpoly.sweep.storage import GRACE_S, HEARTBEAT_S, StorageLost, open_storage, storage_url
+from litpoly.sweep.study import BEYOND_PLAN, Setup, sweep, work
 from litpoly.sweep.trial import ReportToTrial, TrialFailed, check, run_trial
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ReportToTrial",
     "SearchSpace",
     "Setup",
+    "StorageLost",
     "TrialFailed",
     "check",
     "command",

@@ -13,8 +13,8 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
-import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -29,20 +29,14 @@ import yaml
 from litpoly.console import without_password
 from litpoly.errors import Interrupted, RunError, SettingError
 from litpoly.sweep.space import SearchSpace
+from litpoly.sweep.storage import GRACE_S, HEARTBEAT_S, StorageLost, open_storage, storage_lost, storage_url
 from litpoly.sweep.trial import TrialFailed, check, run_trial
 
-#: Seconds between a running trial's heartbeats, and after how many without one its trial counts as dead (its
-#: process was killed): then the next trial any worker starts marks it failed, and Optuna retries its settings.
-HEARTBEAT_S = 2
-GRACE_S = 60
-
 FINISHED = ("COMPLETE", "PRUNED")
-#: Attempts at opening a storage that another process is creating at the same moment (see ``open_storage``).
-CREATE_TRIES = 5
 #: The user attribute of a trial given up before it ran, beyond the planned number (see ``work``).
 BEYOND_PLAN = "beyond_plan"
 #: How a worker process ended, as it tells the sweep: SIGINT or SIGTERM stopped it, or too many of its trials failed.
-INTERRUPTED, STOPPED = 130, 3
+INTERRUPTED, STOPPED, LOST = 130, 3, 4
 
 
 @dataclass(frozen=True)
@@ -60,61 +54,6 @@ class Setup:
     default_config: Path | None
     shared: bool
     grace_s: float = GRACE_S
-
-
-def storage_url(space: SearchSpace, storage: str | None, logs: Path) -> str:
-    """The study's database: ``storage`` as given, or an SQLite file in the sweep's folder."""
-    return storage or f"sqlite:///{(logs / 'sweeps' / space.name / 'study.db').resolve()}"
-
-
-def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
-    """Optuna's RDB storage at ``url``, with heartbeats, and a retry for a trial whose process was killed.
-
-    Raises:
-        SettingError: The database cannot be reached or opened (one line, the URL without its password).
-    """
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        try:
-            Path(url.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SettingError(f"cannot open the study's storage {without_password(url)}: {error}") from None
-        kwargs["connect_args"] = {"timeout": 60}  # several workers take turns writing one file
-    elif url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 10}
-    # Each trial prints its own line (and its log has the details): Optuna's own messages, and the traceback it
-    # logs for every failed trial, would repeat them.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
-    attempt = 1
-    while True:
-        try:
-            return RDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=int(grace_s),
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-        except Exception as error:  # sqlalchemy's errors for a bad URL, a refused connection, a missing driver
-            if attempt < CREATE_TRIES and _created_elsewhere(error):
-                attempt += 1
-                time.sleep(0.5)
-                continue
-            why = " ".join(str(error).split("\n(Background")[0].split())
-            raise SettingError(f"cannot open the study's storage {without_password(url)}: {why[:300]}") from None
-
-
-def _created_elsewhere(error: Exception) -> bool:
-    """Whether opening a new database failed because another process is creating Optuna's tables in it at this
-    moment (sweeps started together on a fresh study, on several machines or in several terminals): one creates
-    them, the others find a table or Optuna's version row already there. Opened again, it is complete."""
-    from sqlalchemy.exc import IntegrityError
-
-    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 def counts(trials: list[Any]) -> Counter[str]:
@@ -154,7 +93,17 @@ def work(
 
     Raises:
         TrialFailed: So many trials failed on their own that the space looks hopeless.
+        StorageLost: The study's database stopped answering.
     """
+    try:
+        _work(setup, worker, threads, parent, stopping)
+    except Exception as error:
+        if storage_lost(error):
+            raise StorageLost(setup.url, error) from None
+        raise
+
+
+def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping: Callable[[], bool]) -> None:
     import optuna
 
     space = setup.space
@@ -223,7 +172,8 @@ def sweep(
         SettingError: Bad input (the space, ``storage``, ``workers``, ``trials``, …), before a study or a run is
             created.
         Interrupted: Ctrl-C or SIGTERM stopped the sweep (its trials kept: the same command goes on).
-        RunError: The sweep stopped because too many trials failed, or a worker process crashed.
+        RunError: The sweep stopped because too many trials failed, or a worker process crashed; a
+            ``StorageLost`` when the study's database stopped answering (no summary then: it cannot be read).
     """
     try:
         import optuna
@@ -361,6 +311,8 @@ def _in_processes(setup: Setup, workers: int, threads: int) -> None:
             signal.signal(signum, handler)
     if any(ended.value == INTERRUPTED for ended in ends):
         raise KeyboardInterrupt
+    if any(ended.value == LOST for ended in ends):
+        raise StorageLost(setup.url, ConnectionError("see the workers' lines above"))
     if any(ended.value == STOPPED for ended in ends):
         raise TrialFailed(f"too many trials failed; see their logs in {setup.folder}")
     if crashed := [p.exitcode for p in processes if p.exitcode]:
@@ -381,6 +333,9 @@ def _worker_process(setup: Setup, worker: int, threads: int, parent: int, ended:
         ended.value = INTERRUPTED
     except TrialFailed:
         ended.value = STOPPED
+    except StorageLost as lost:  # said once, by the sweep, not as a traceback from every worker
+        ended.value = LOST
+        print(f"worker {worker}: {lost.line}", file=sys.stderr, flush=True)
 
 
 def _report(space: SearchSpace, study: Any) -> None:
