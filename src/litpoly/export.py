@@ -26,7 +26,7 @@ from litpoly.runs import read_checkpoint
 
 @dataclass(frozen=True)
 class Exported:
-    """What :func:`export` wrote, and how far each file's output is from the model's own on the example input."""
+    """What :func:`export` wrote, and how far each file's output is from the model's own on ``checked_on``."""
 
     onnx: Path | None
     program: Path | None

@@ -78,8 +78,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def _why(error: BaseException, folder: Path, checkpoint: dict[str, Any]) -> str:
     """Why a checkpoint write failed, in words: torch's own message for a full disk is a C++ stream position."""
     size = sum(v.nbytes for v in checkpoint.get("state_dict", {}).values() if torch.is_tensor(v))
-    free = shutil.disk_usage(folder).free
-    if getattr(error, "errno", None) == errno.ENOSPC or free < size + 2**20:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # the folder itself is gone (a lost mount)
+        free = None
+    if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < size + 2**20):
+        free = free or 0
         return (
             f"the disk is full ({free / 2**20:.0f} MiB free in {folder}); the checkpoints written before are intact: "
             "free space, then resume with --ckpt_path last"

@@ -292,9 +292,10 @@ def summarize_runs(logs: Path) -> list[RunSummary]:
 
 def _summary(folder: Path) -> RunSummary:
     try:
-        config = safe_yaml.load((folder / "config.yaml").read_text()) or {}
+        config = safe_yaml.load((folder / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         config = {}
+    config = config if isinstance(config, dict) else {}
     model = config.get("model") if isinstance(config, dict) else None
     name = str(model.get("class_path") if isinstance(model, dict) else model)
     checkpoints = [path for path in resume_candidates(folder.parent) if path.parents[1] == folder]

@@ -170,7 +170,9 @@ def test_a_finished_run_relaunched_says_so_and_writes_nothing(
     assert excinfo.value.code == 0
     out = capsys.readouterr().out.strip().splitlines()
     last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
-    assert out == [f"{last} has finished this schedule (max_steps=20): nothing to train, nothing written."]
+    assert out == [
+        f"{last} has finished this schedule (max_steps=20): nothing to train, nothing written (raise it to train on)."
+    ]
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
 
 
@@ -185,12 +187,22 @@ def test_a_schedule_that_trains_nothing_is_one_line(
     assert not (tmp_path / "lightning_logs").exists()
 
 
-def test_accumulated_batches_print_each_step_once(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
-    """The console's loss lines count optimizer steps, not micro-batches."""
-    settings = ("--trainer.accumulate_grad_batches", "2", "--data.batch_size", "500", "--console.every_n_steps", "5")
+def test_accumulated_batches_print_each_step_once_with_the_loss_the_model_logged(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console's loss lines count optimizer steps, not micro-batches, and show the loss as the model logged it
+    (Lightning hands the hooks the loss divided by accumulate_grad_batches): TensorBoard's reader is the witness."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = ("--trainer.accumulate_grad_batches", "2", "--data.batch_size", "500", "--console.every_n_steps", "5",
+                "--trainer.log_every_n_steps", "5")  # fmt: skip
     run_cli("fit", *QUICK, *settings)
-    steps = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].isdigit() or line[:2] == "-1"]
-    assert steps == ["4", "9", "14", "19"]
+    printed = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit() or line[:2] == "-1"]
+    events = EventAccumulator(str(run_folder(tmp_path)), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [[str(event.step), event.value] for event in events.Scalars("train/loss")]
+    assert [step for step, _ in printed] == ["4", "9", "14", "19"] == [step for step, _ in logged]
+    assert [float(loss) for _, loss in printed] == pytest.approx([value for _, value in logged], rel=1e-6)
 
 
 def test_evaluating_restores_no_callback_state_and_warns_of_none(
@@ -288,3 +300,24 @@ def test_settings_from_another_version_of_the_model_are_one_rule_everywhere(
     assert refused.value.line == expected
     evaluated = run_cli("validate", *QUICK[2:], "--ckpt_path", str(lacking))
     assert evaluated.trainer.callback_metrics["val/mse"] > 0
+
+
+def test_last_under_a_remote_root_is_one_line(run_cli: RunCLI, capsys: pytest.CaptureFixture[str]) -> None:
+    """`last` looks through local run folders only: under an s3:// root it says so instead of starting afresh."""
+    with pytest.raises(SystemExit) as excinfo:
+        run_cli("fit", *QUICK, "--trainer.default_root_dir", "s3://bucket/runs", "--ckpt_path", "last")
+    assert one_error_line(capsys, excinfo, 2) == (
+        "error: `ckpt_path` last looks in a local `trainer.default_root_dir`, not s3://bucket/runs: give the "
+        "checkpoint's path"
+    )
+
+
+def test_a_sweep_space_that_is_a_yaml_bomb_is_refused(tmp_path: Path) -> None:
+    from litpoly.sweep import SearchSpace
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    space = tmp_path / "space.yaml"
+    space.write_text("\n".join([*lines, "name: bomb", "metric: val/sse", "args: *a8"]) + "\n")
+    with pytest.raises(Exception, match=r"aliases \(\*name\) expand to more than 1000000 values"):
+        SearchSpace.load(space)

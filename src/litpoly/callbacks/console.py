@@ -75,7 +75,9 @@ class ConsoleReport(L.Callback):
         self._printed = step
         loss = step_loss(outputs)
         if loss is not None:
-            say(f"{trainer.global_step - 1} {trainer.strategy.reduce(loss.detach(), reduce_op='mean').item()}")
+            # Lightning divides the loss it hands the hooks by accumulate_grad_batches (for the backward pass).
+            loss = loss.detach() * trainer.accumulate_grad_batches
+            say(f"{trainer.global_step - 1} {trainer.strategy.reduce(loss, reduce_op='mean').item()}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finished = True

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from litpoly import safe_yaml
+
 
 def _config_files(args: Sequence[str]) -> list[dict[str, Any]]:
     """The YAML files ``--config``/``-c`` name in ``args``, loaded (files the parser will refuse are skipped:
@@ -25,7 +27,7 @@ def _config_files(args: Sequence[str]) -> list[dict[str, Any]]:
         if path is None:
             continue
         try:
-            content = yaml.safe_load(Path(path).read_text())
+            content = safe_yaml.load(Path(path).read_text())
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(content, dict):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -41,7 +42,7 @@ from litpoly.callbacks import (
 from litpoly.cli.arguments import given_keys
 from litpoly.cli.checks import check_against_checkpoint, check_trains_something, check_writable
 from litpoly.console import say, without_passwords
-from litpoly.errors import AlreadyDone, SettingError
+from litpoly.errors import AlreadyDone, CheckpointError, SettingError
 from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_mlflow_stores
 from litpoly.plugins import AtomicCheckpointIO, NullProfiler
 from litpoly.runs import (
@@ -153,8 +154,14 @@ class LitCLI(LightningCLI):
         :mod:`litpoly.runs`), read it once, weights only, and check it against the settings, before LightningCLI
         reads the model's from it. What was checked is what the Trainer restores (``AtomicCheckpointIO``)."""
         _refuse_unsafe_loading(config)
-        logs = Path(root_dir(config.trainer), LOGS)
-        of = experiment(config.as_dict())
+        root = root_dir(config.trainer)
+        if "://" in root and config.ckpt_path in ("last", "best"):
+            raise CheckpointError(
+                f"`ckpt_path` {config.ckpt_path} looks in a local `trainer.default_root_dir`, not {root}: give the "
+                "checkpoint's path"
+            )
+        logs = Path(root, LOGS)
+        of = experiment(without_passwords(config.as_dict()))  # as its config.yaml records it
         if subcommand == "fit" and config.ckpt_path == "last" and not resume_candidates(logs, of):
             # The auto-resume idiom of preemptible jobs (SLURM --requeue, spot instances): the same command is
             # launched again and again, and the first launch has nothing to resume. As in Lightning: start fresh.
@@ -166,7 +173,9 @@ class LitCLI(LightningCLI):
         path, checkpoint = find_checkpoint(config.ckpt_path, logs, of)
         check_against_checkpoint(config, checkpoint, given_keys(self.argv, "model"), path)
         if subcommand == "fit" and (done := training_done(config.trainer, checkpoint)) is not None:
-            raise AlreadyDone(f"{path} has finished this schedule ({done}): nothing to train, nothing written.")
+            raise AlreadyDone(
+                f"{path} has finished this schedule ({done}): nothing to train, nothing written (raise it to train on)."
+            )
         if subcommand != "fit":
             # Evaluating trains nothing: the callbacks' states (which checkpoint was best, early stopping's
             # patience, the loader's position) would be restored into callbacks this command does not have. Empty,
@@ -194,7 +203,7 @@ class LitCLI(LightningCLI):
         """The Trainer, with the run layer's callbacks and its versions of Lightning's defaults.
 
         - ``PeriodicCheckpoint`` from ``--checkpoint.*`` (``save_last``): every run has ``checkpoints/last.ckpt``.
-        - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` is set).
+        - ``AtomicCheckpointIO``: no checkpoint is ever half-written (unless ``--trainer.plugins`` has a CheckpointIO).
         - ``TimedProgressBar``: redrawn ten times a second, not every step; ``LineProgress`` (whole lines) when
           the output goes to a file or a pipe rather than a terminal.
         - ``ThrottledTensorBoardLogger`` where Lightning would make its default ``TensorBoardLogger``:
@@ -228,8 +237,12 @@ class LitCLI(LightningCLI):
             kwargs.setdefault("default_root_dir", str(next_run_folder(root)))
         if config.get("profiler") is None:
             kwargs.setdefault("profiler", NullProfiler())
-        if not config.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO(checked=self.checked_checkpoint)])
+        given_plugins = config.get("plugins") or []
+        given_plugins = given_plugins if isinstance(given_plugins, list) else [given_plugins]
+        if not any(isinstance(p, CheckpointIO) for p in given_plugins):  # a user's own writer is theirs to keep
+            # Handed over, not kept: the Trainer frees what it restored, and so must this command line.
+            checked, self.checked_checkpoint = self.checked_checkpoint, None
+            kwargs.setdefault("plugins", [*given_plugins, AtomicCheckpointIO(checked=checked)])
         return super().instantiate_trainer(**kwargs)
 
     def _run_layer_callbacks(self, subconfig: Namespace, given: list[Callback]) -> list[Callback]:

@@ -19,7 +19,7 @@ import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from litpoly import compat
+from litpoly import compat, safe_yaml
 from litpoly.errors import SettingError
 
 
@@ -168,7 +168,7 @@ class SearchSpace:
             SettingError: One line naming the file, the key and what is allowed.
         """
         try:
-            content = yaml.safe_load(Path(path).read_text())
+            content = safe_yaml.load(Path(path).read_text())
         except OSError as error:
             raise SettingError(f"cannot read the search space {path}: {error.strerror}") from None
         except yaml.YAMLError as error:
