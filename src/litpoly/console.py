@@ -67,6 +67,25 @@ def without_passwords(value: Any) -> Any:
     return _URL.sub(lambda url: without_password(url.group()), value) if isinstance(value, str) else value
 
 
+def one_line(message: object, limit: int = 300) -> str:
+    """``message`` (an exception's, or any text) on one line, cut at a sentence's end within ``limit`` characters:
+    what a library's error contributes to a one-line error of ours. An exception without a message gives its type.
+
+    Example:
+        >>> one_line(ValueError("first sentence.   second, much longer sentence"), limit=20)
+        'first sentence.'
+        >>> one_line(OSError())
+        'OSError'
+    """
+    text = " ".join(str(message).split())
+    if not text and isinstance(message, BaseException):
+        return type(message).__name__
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit] + "…"
+
+
 def step_loss(outputs: Any) -> Tensor | None:
     """The loss of a training step, read as Lightning reads ``training_step``'s return value.
 

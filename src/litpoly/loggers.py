@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,7 +28,7 @@ from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger  # imports no mlflow: its logger does, when made
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly.console import say, without_passwords
+from litpoly.console import one_line, say, without_passwords
 from litpoly.errors import SettingError
 from litpoly.runs import next_version, run_name
 
@@ -95,13 +96,11 @@ class ResilientMLFlowLogger(MLFlowLogger):
         if self.lost:
             return None
         try:
-            with mock.patch.dict(
-                os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(self.timeout)
-            ):
+            with _one_try(self.timeout):
                 return method(*args)
         except Exception as error:  # any failure: the server, the network, the store; training matters more
             self.lost = True
-            reason = " ".join(str(error).split())[:200]
+            reason = one_line(error, limit=200)
             say(
                 without_passwords(
                     f"Warning: MLflow at {self._tracking_uri} failed ({type(error).__name__}: {reason}); the run goes "
@@ -246,17 +245,15 @@ def prepare_mlflow_stores(entries: list[Any]) -> None:
                 if client.get_experiment_by_name(name) is None:
                     client.create_experiment(name, artifact_location=init_args.get("artifact_location"))
             except Exception as error:  # a folder that cannot be made, a database that is not MLflow's, …
-                line = f"MLflow cannot use the tracking store {uri} ({_reason(error)}): give another "
+                line = f"MLflow cannot use the tracking store {uri} ({one_line(error)}): give another "
                 raise SettingError(without_passwords(line + "`trainer.logger.tracking_uri`")) from None
 
 
-def _reason(error: BaseException) -> str:
-    """An exception's message on one line, cut at a sentence's end within 300 characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) <= 300:
-        return text
-    cut = text.rfind(". ", 0, 300)
-    return text[: cut + 1] if cut > 0 else text[:300] + "…"
+@contextlib.contextmanager
+def _one_try(timeout: int) -> Iterator[None]:
+    """MLflow's client, for the calls made inside: one try, within ``timeout`` seconds, instead of its retries."""
+    with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
+        yield
 
 
 def check_tracking_server(uri: str, timeout: int = 10) -> None:
@@ -273,12 +270,12 @@ def check_tracking_server(uri: str, timeout: int = 10) -> None:
     """
     from mlflow.tracking import MlflowClient  # imported here: the extra is only needed where asked for
 
-    with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
+    with _one_try(timeout):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:  # any failure (refused, timed out, not MLflow): the run could not log there
             reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
-            why = reason.group(1) if reason else _reason(error)
+            why = reason.group(1) if reason else one_line(error)
             fix = "give another `trainer.logger.tracking_uri` (or MLFLOW_TRACKING_URI)"
             if uri.startswith(("http://", "https://")):
                 line = f"the MLflow tracking server {uri} does not answer ({why}): start it, or {fix}"

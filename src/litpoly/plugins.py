@@ -21,6 +21,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 
+from litpoly.console import one_line
 from litpoly.errors import CheckpointWriteError
 from litpoly.runs import read_checkpoint
 
@@ -88,7 +89,7 @@ def _why(error: BaseException, folder: Path, checkpoint: dict[str, Any]) -> str:
             f"the disk is full ({free / 2**20:.0f} MiB free in {folder}); the checkpoints written before are intact: "
             "free space, then resume with --ckpt_path last"
         )
-    return f"{' '.join(str(error).split())[:300]}; the checkpoints written before are intact"
+    return f"{one_line(error)}; the checkpoints written before are intact"
 
 
 _NOTHING = contextlib.nullcontext()

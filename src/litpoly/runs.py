@@ -132,13 +132,14 @@ def resume_candidates(logs: Path, of: str | None = None) -> list[Path]:
     runs: dict[Path, list[Path]] = {}
     for path in logs.glob("*/checkpoints/*.ckpt"):
         runs.setdefault(path.parents[1], []).append(path)
-    ordered = [
-        sorted(paths, key=lambda p: (p.name == "last.ckpt", _mtime(p)), reverse=True)
-        for run, paths in runs.items()
-        if of is None or _recorded_experiment(run) == of
-    ]
+    ordered = [_in_resume_order(paths) for run, paths in runs.items() if of is None or _recorded_experiment(run) == of]
     ordered.sort(key=lambda paths: max(map(_mtime, paths)), reverse=True)
     return [path for paths in ordered for path in paths]
+
+
+def _in_resume_order(checkpoints: list[Path]) -> list[Path]:
+    """One run's checkpoints as ``last`` tries them: its ``last.ckpt``, then the others newest first."""
+    return sorted(checkpoints, key=lambda p: (p.name == "last.ckpt", _mtime(p)), reverse=True)
 
 
 def _mtime(path: Path) -> float:
@@ -298,7 +299,7 @@ def _summary(folder: Path) -> RunSummary:
     config = config if isinstance(config, dict) else {}
     model = config.get("model") if isinstance(config, dict) else None
     name = str(model.get("class_path") if isinstance(model, dict) else model)
-    checkpoints = [path for path in resume_candidates(folder.parent) if path.parents[1] == folder]
+    checkpoints = _in_resume_order(list((folder / "checkpoints").glob("*.ckpt")))
     for path in checkpoints:
         try:
             checkpoint = read_checkpoint(path, mmap=True)

@@ -1,10 +1,9 @@
 """Parity: replay a finished Lightning run with the numpy reference and say whether they agree.
 
-The comparison (:func:`compare`) is plain numpy over what both runs recorded; the callback
-(:class:`ParityCheck`) records the Lightning side cheaply during ``fit`` and prints the report.
+The comparison (:func:`compare`) is plain numpy over what both runs recorded; the callback (:class:`ParityCheck`)
+records the Lightning side cheaply during ``fit`` and prints the report.
 
-Tolerances come from measurement on this problem (2400 steps, seeds 0–9 and 1234) and, for a run of any
-length, from the run itself:
+Tolerances come from measurement on this problem (2400 steps, seeds 0–9 and 1234) and from the run itself:
 
 - SGD is linear in the gradient, so the two runs differ by rounding only, at every step:
   relative loss difference ≤ ~5e-15 and coefficients ≤ ~7e-16 in float64, ≤ ~4e-6 and ~7e-7 in float32.

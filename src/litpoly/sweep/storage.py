@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from litpoly.console import without_password
+from litpoly.console import one_line, without_password
 from litpoly.errors import RunError, SettingError
 from litpoly.sweep.space import SearchSpace
 
@@ -31,7 +31,7 @@ class StorageLost(RunError):
 
     def __init__(self, url: str, error: BaseException) -> None:
         cause = getattr(error, "orig", None) or error  # sqlalchemy's wrapper holds the driver's own error
-        reason = " ".join(str(cause).split("\n")[0].split())[:200] or type(cause).__name__
+        reason = one_line(str(cause).split("\n")[0], limit=200) or type(cause).__name__
         super().__init__(
             f"lost the study's storage {without_password(url)} ({reason}): its finished trials are kept; run the "
             "same command again once it answers"
@@ -88,8 +88,8 @@ def open_storage(url: str, grace_s: float = GRACE_S) -> Any:
                 attempt += 1
                 time.sleep(0.5)
                 continue
-            why = " ".join(str(error).split("\n(Background")[0].split())
-            raise SettingError(f"cannot open the study's storage {without_password(url)}: {why[:300]}") from None
+            why = one_line(str(error).split("\n(Background")[0])  # (sqlalchemy's link to its docs: not a reason)
+            raise SettingError(f"cannot open the study's storage {without_password(url)}: {why}") from None
 
 
 def _created_elsewhere(error: Exception) -> bool:
