@@ -23,6 +23,7 @@ __all__ = [
     "LitTrainer",
     "Stateful",
     "Tqdm",
+    "checkpoint_model_settings",
     "checkpoint_schedule",
     "forget_train_loader",
     "innermost",
@@ -61,6 +62,20 @@ def checkpoint_schedule(callback: ModelCheckpoint) -> tuple[int, object | None]:
     the arguments, so that they stay whatever ``ModelCheckpoint`` makes of its arguments.
     """
     return callback._every_n_train_steps, callback._train_time_interval
+
+
+def checkpoint_model_settings(subcommand: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model settings of ``checkpoint`` as LightningCLI merges them into a command's config (``{subcommand:
+    {"model": ...}}``, for ``parser.parse_object``); nothing to merge when it records none.
+
+    Why: LightningCLI reads ``--ckpt_path`` a second time for them (its ``_parse_ckpt_path``, right after
+    ``parse_arguments``), with no size check and after ours; the command line merges them itself from the checkpoint
+    it read and checked (``LitCLI.parse_arguments``). This is LightningCLI's own rule, and the test compares the two.
+    """
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k != "_instantiator"}
+    if "_class_path" in hparams:
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    return {subcommand: {"model": hparams}} if hparams else {}
 
 
 # -- message texts and jsonargparse's error structure ---------------------------------------------------------------

@@ -4,9 +4,9 @@ program that loads without the model's Python code), for any LightningModule thi
 The model is rebuilt from the checkpoint alone — its class and settings are in it (LightningCLI records them) —
 in the dtype it was trained in, and traced on its ``example_input_array`` (Lightning's own attribute for an
 input of the right shape), with the first dimension left free: any batch size works. Each file is then checked
-against the model's own output on real inputs: the first validation batch of the run's data module (as its
-``config.yaml`` beside the checkpoint's folder names it), where there is one; else on the example input, which
-for a typical model is zeros.
+against the model's own output on real inputs: the first validation batch of the run's data module, where the
+command names its class (its settings come from the run's ``config.yaml``); else on the example input, which for
+a typical model is zeros. Only the classes the command names are imported: a file never names code that runs.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ def load_trained(ckpt_path: Path, class_path: str) -> L.LightningModule:
     return model.eval()
 
 
-def export(ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, program: bool = True) -> Exported:
-    """Write ``out/model.onnx`` and ``out/model.pt2`` for the model in ``ckpt_path``, a ``class_path``.
+def export(
+    ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, program: bool = True, data: str | None = None
+) -> Exported:
+    """Write ``out/model.onnx`` and ``out/model.pt2`` for the model in ``ckpt_path``, a ``class_path``; check them on
+    the validation inputs of the run's data module when ``data`` names its class (see :func:`held_out_inputs`).
 
     Raises:
         ValueError: One line: an unreadable checkpoint, a model without ``example_input_array``, a folder that
@@ -85,7 +88,7 @@ def export(ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, progr
     except OSError as error:
         raise ValueError(f"`out` {out} cannot be written: {error.strerror or error}") from None
     batch = torch.export.Dim("batch")
-    inputs, checked_on = held_out_inputs(ckpt_path)
+    inputs, checked_on = held_out_inputs(ckpt_path, data) if data is not None else (None, "its example input")
     inputs = example if inputs is None else inputs.to(example.dtype)
     with torch.no_grad():
         expected = model(inputs)
@@ -111,18 +114,24 @@ def export(ckpt_path: Path, class_path: str, out: Path, onnx: bool = True, progr
     return Exported(onnx_path, program_path, onnx_diff, program_diff, checked_on)
 
 
-def held_out_inputs(ckpt_path: Path, limit: int = 256) -> tuple[torch.Tensor | None, str]:
-    """Up to ``limit`` inputs of the first validation batch of the run that wrote ``ckpt_path`` (its data module, as
-    the run's ``config.yaml`` names it, made on the CPU), and what they are in words; ``None`` and why not, when the
-    run's data gives none (no config beside the checkpoint, no validation data, a batch that is not inputs first)."""
+def held_out_inputs(ckpt_path: Path, data_class: str, limit: int = 256) -> tuple[torch.Tensor | None, str]:
+    """Up to ``limit`` inputs of the first validation batch of the run that wrote ``ckpt_path``, and what they are in
+    words; ``None`` and why not, when the run's data gives none (no config beside the checkpoint, another data
+    module than ``data_class``, no validation data, a batch that is not inputs first).
+
+    The data module is a ``data_class`` (the class the command names, imported as ``train.py`` imports it), made on
+    the CPU with the settings of the run's ``config.yaml``; that file's own record of the class is only compared with
+    it, never imported."""
     config_path = ckpt_path.parent.parent / "config.yaml"
     try:
         config = safe_yaml.load(config_path.read_text())
         data = config.get("data") if isinstance(config, dict) else None
-        if not isinstance(data, dict) or "class_path" not in data:
-            return None, "its example input (the run's config names no data module)"
+        recorded = data.get("class_path") if isinstance(data, dict) else None
+        if recorded != data_class:
+            return None, f"its example input (the run's config names the data module {recorded}, not {data_class})"
+        module, _, name = data_class.rpartition(".")
         parser = ArgumentParser(exit_on_error=False)
-        parser.add_subclass_arguments(L.LightningDataModule, "data")
+        parser.add_subclass_arguments(getattr(importlib.import_module(module), name), "data")
         datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
         # Data modules that put their data on the Trainer's device ask it for that device and its precision.
         compat.quiet_irrelevant_messages()  # the Trainer's list of accelerators: no run starts here

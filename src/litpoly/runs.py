@@ -30,6 +30,8 @@ import jsonargparse.typing
 import torch
 import yaml
 from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from litpoly import safe_yaml
@@ -121,7 +123,7 @@ def run_checkpoints(logs: Path, which: Literal["last", "best"], of: str | None =
         for path in logs.glob(f"*/checkpoints/{which}.ckpt")
         if of is None or _recorded_experiment(path.parents[1]) == of
     ]
-    return sorted(found, key=_mtime, reverse=True)
+    return sorted(found, key=lambda path: (_mtime(path), _natural(path.parents[1].name)), reverse=True)
 
 
 def resume_candidates(logs: Path, of: str | None = None) -> list[Path]:
@@ -133,20 +135,33 @@ def resume_candidates(logs: Path, of: str | None = None) -> list[Path]:
     for path in logs.glob("*/checkpoints/*.ckpt"):
         runs.setdefault(path.parents[1], []).append(path)
     ordered = [_in_resume_order(paths) for run, paths in runs.items() if of is None or _recorded_experiment(run) == of]
-    ordered.sort(key=lambda paths: max(map(_mtime, paths)), reverse=True)
+    ordered.sort(key=lambda paths: (max(map(_mtime, paths)), _natural(paths[0].parents[1].name)), reverse=True)
     return [path for paths in ordered for path in paths]
 
 
 def _in_resume_order(checkpoints: list[Path]) -> list[Path]:
     """One run's checkpoints as ``last`` tries them: its ``last.ckpt``, then the others newest first."""
-    return sorted(checkpoints, key=lambda p: (p.name == "last.ckpt", _mtime(p)), reverse=True)
+    return sorted(checkpoints, key=lambda p: (p.name == "last.ckpt", _mtime(p), _natural(p.name)), reverse=True)
 
 
-def _mtime(path: Path) -> float:
+def _mtime(path: Path) -> int:
+    """When ``path`` was last written, in nanoseconds (file systems that keep them tell apart saves a moment apart).
+    Equal times (a copy that kept them, a coarse file system) are told apart by :func:`_natural` name order."""
     try:
-        return path.stat().st_mtime
+        return path.stat().st_mtime_ns
     except OSError:  # removed since it was listed
-        return float("-inf")
+        return -1
+
+
+def _natural(name: str) -> list[tuple[int, str]]:
+    """``name`` in the order its numbers count: ``version_10`` after ``version_9``, ``step=200`` after ``step=100``
+    (the later run, the later save), whatever the numbers' widths.
+
+    Example:
+        >>> sorted(["version_10", "version_9", "trial_2"], key=_natural)
+        ['trial_2', 'version_9', 'version_10']
+    """
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
 
 
 def find_checkpoint(ckpt_path: str, logs: Path, of: str | None = None) -> tuple[Path, dict[str, Any]]:
@@ -252,16 +267,31 @@ def _check_archive(path: Path) -> None:
 # -- what a run folder holds -----------------------------------------------------------------------------------
 
 
-def training_done(trainer: Any, checkpoint: dict[str, Any]) -> str | None:
-    """What a checkpoint already completed of the schedule ``trainer`` sets (e.g. ``max_steps=2400``), or ``None``
-    when resuming it would train more. ``trainer``: the Trainer's settings (a parsed config's, or a ``config.yaml``'s).
+@dataclass(frozen=True)
+class Done:
+    """What a checkpoint already completed of a command's schedule (:func:`training_done`)."""
 
-    Lightning stops at ``max_steps`` optimizer steps, or after ``max_epochs`` epochs (1000 when neither is set);
-    a checkpoint records its steps (``global_step``) and its finished epochs (its fit loop's progress).
+    what: str  #: e.g. ``max_steps=2400``
+    hint: str  #: the setting that would train on
+
+    def __str__(self) -> str:
+        return self.what
+
+
+def training_done(config: Any, checkpoint: dict[str, Any]) -> Done | None:
+    """What a checkpoint already completed of the schedule a command's settings set, or ``None`` when resuming it
+    would train more. ``config``: the command's settings (a parsed config, or a ``config.yaml``): its ``trainer``
+    (``max_steps``, ``max_epochs``, ``max_time``) and ``early_stopping``.
+
+    Lightning stops at ``max_steps`` optimizer steps, after ``max_epochs`` epochs (1000 when neither is set), once
+    ``max_time`` has passed in training (its ``Timer``), or when early stopping says so; the checkpoint records its
+    steps (``global_step``), its finished epochs (its fit loop's progress) and those callbacks' states. Resumed, such
+    a run would train one more step or validation interval and stop again.
     """
+    trainer = config.get("trainer") or {}
     max_steps = trainer.get("max_steps")
     if max_steps is not None and max_steps >= 0 and checkpoint.get("global_step", 0) >= max_steps:
-        return f"max_steps={max_steps}"
+        return Done(f"max_steps={max_steps}", "raise --trainer.max_steps to train on")
     max_epochs = trainer.get("max_epochs")
     if max_epochs is None and (max_steps is None or max_steps < 0):
         max_epochs = 1000
@@ -269,7 +299,21 @@ def training_done(trainer: Any, checkpoint: dict[str, Any]) -> str | None:
         checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("completed")
     )
     if max_epochs is not None and max_epochs >= 0 and isinstance(epochs, int) and epochs >= max_epochs:
-        return f"max_epochs={max_epochs}"
+        return Done(f"max_epochs={max_epochs}", "raise --trainer.max_epochs to train on")
+    states = [s for s in (checkpoint.get("callbacks") or {}).values() if isinstance(s, dict)]
+    if (max_time := trainer.get("max_time")) is not None:
+        timer = Timer(duration=max_time)
+        for state in (s for s in states if isinstance(s.get("time_elapsed"), dict)):
+            timer.load_state_dict(state)
+            if (remaining := timer.time_remaining()) is not None and remaining <= 0:
+                return Done(f"max_time={max_time}", "raise --trainer.max_time to train on")
+    if (config.get("early_stopping") or {}).get("patience") is not None:
+        for state in (s for s in states if "stopping_reason" in s and "wait_count" in s):  # EarlyStopping's
+            if (reason := EarlyStoppingReason(state["stopping_reason"])) is not EarlyStoppingReason.NOT_STOPPED:
+                return Done(
+                    f"early stopping: {reason.name.lower().replace('_', ' ')}",
+                    "leave out --early_stopping.patience to train on",
+                )
     return None
 
 
@@ -288,7 +332,7 @@ def summarize_runs(logs: Path) -> list[RunSummary]:
     """Every run folder under ``logs`` (one with a ``config.yaml``), oldest first. Checkpoints are read memory-mapped
     and weights-only: listing a folder of large runs reads little of each file."""
     folders = [config.parent for config in logs.glob("*/config.yaml")]
-    return [_summary(folder) for folder in sorted(folders, key=lambda f: _mtime(f / "config.yaml"))]
+    return [_summary(folder) for folder in sorted(folders, key=lambda f: (_mtime(f / "config.yaml"), _natural(f.name)))]
 
 
 def _summary(folder: Path) -> RunSummary:
@@ -305,7 +349,7 @@ def _summary(folder: Path) -> RunSummary:
             checkpoint = read_checkpoint(path, mmap=True)
         except CheckpointError:
             continue
-        done = training_done(config.get("trainer") or {}, checkpoint)
+        done = training_done(config, checkpoint)
         step = int(checkpoint.get("global_step", 0))
         status = f"done ({done})" if done else f"stopped at step {step}"
         return RunSummary(folder, name, step, _best(checkpoint), status)

@@ -141,3 +141,34 @@ def test_the_typed_numbers_weights_only_reads_allow_are_still_jsonargparses() ->
         assert getattr(jsonargparse.typing, kind.__name__) is kind
         assert issubclass(kind, int | float)
     assert torch.serialization.get_safe_globals()  # registered on import of litpoly.runs
+
+
+def test_lightningcli_would_read_ckpt_path_again_and_merges_as_we_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LightningCLI reads ``--ckpt_path`` a second time right after ``parse_arguments`` (to merge the model's
+    settings from it): the command line holds the path back from that step and merges them itself, from the checkpoint
+    it read and checked. Checked both ways: with our merge the file is read once; without it, Lightning reads it again
+    and merges the very settings ours did (the checkpoint's ``lr``, not the default config's)."""
+    from litpoly.cli.litcli import LitCLI
+
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    run(["fit", "--trainer.max_steps", "3", "--model.lr", "0.0125", *root], DEFAULT_CONFIG)
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    reads: list[str] = []
+    load = torch.load
+
+    def counted(f: object, *args: object, **kwargs: object) -> object:
+        if Path(str(f)).resolve() == ckpt.resolve():
+            reads.append("read")
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    command = ["validate", "--ckpt_path", str(ckpt), *root]
+    ours = run(command, DEFAULT_CONFIG).config["validate"].model
+    assert len(reads) == 1 and ours.init_args.lr == 0.0125
+    reads.clear()
+    monkeypatch.setattr(LitCLI, "_merge_model_settings", lambda self, subcommand, checkpoint: None)
+    lightnings = run(command, DEFAULT_CONFIG).config["validate"].model
+    assert len(reads) == 2, "LightningCLI no longer reads ckpt_path after parse_arguments: drop the hold-back"
+    assert lightnings == ours

@@ -39,7 +39,7 @@ def test_exported_files_give_the_models_predictions_without_its_code(
     capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     cli = run_cli("fit", *problem.select, *problem.quick)
-    export_main("last", model=cli.config["fit"]["model"]["class_path"])
+    export_main("last", model=cli.config["fit"]["model"]["class_path"], data=cli.config["fit"]["data"]["class_path"])
     folder = run_folder(tmp_path) / "export"
     said = capsys.readouterr().out
     assert f"Wrote {folder / 'model.onnx'}" in said
@@ -78,3 +78,21 @@ def test_bad_input_is_one_line(  # type: ignore[no-untyped-def]
     lines = (out.out + out.err).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (run_folder(tmp_path) / "export").exists()
+
+
+def test_a_data_class_the_run_records_is_never_imported(  # type: ignore[no-untyped-def]
+    run_cli: RunCLI, tmp_path: Path, export_main, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's config.yaml gives the data module's settings, not its class: a class it names that the command
+    does not is never imported (a module that would leave a file behind if it were), and the files are checked on
+    the example input instead, saying why."""
+    run_cli("fit", "--trainer.max_steps", "5", "--model.parity", "false")
+    (tmp_path / "planted.py").write_text("import pathlib\npathlib.Path('imported').touch()\nclass Data: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = run_folder(tmp_path) / "config.yaml"
+    config.write_text(config.read_text().replace("sinefit.SineDataModule", "planted.Data"))
+    capsys.readouterr()
+    export_main("last", onnx=False)
+    said = capsys.readouterr().out
+    assert "example input (the run's config names the data module planted.Data, not sinefit.SineDataModule)" in said
+    assert not (tmp_path / "imported").exists()

@@ -3,6 +3,7 @@ lightning_logs/ and under SLURM's job id; scripts/runs.py's list of them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,28 @@ def test_scripts_runs_lists_each_run_with_its_status_and_best_score(
         lowest = min(event.value for event in events.Scalars("val/mse"))
         assert row[1:3] == ["sinefit.PolynomialRegressor", step]
         assert row[3] == "val/mse" and row[4].split(maxsplit=1) == [f"{lowest:.6g}", status]
+
+
+def test_checkpoints_written_at_the_same_moment_are_ordered_by_their_numbers(tmp_path: Path) -> None:
+    """Equal modification times (a copy that kept them, a coarse file system) do not leave ``last`` to the order
+    the folder happens to list in: the run and the save with the higher number come first, as numbers count
+    (``version_10`` after ``version_9``, which text order would reverse)."""
+    from litpoly.runs import resume_candidates, run_checkpoints
+
+    logs = tmp_path / "lightning_logs"
+    names = [
+        "version_9/checkpoints/last.ckpt", "version_9/checkpoints/epoch=0-step=100.ckpt",
+        "version_10/checkpoints/epoch=0-step=100.ckpt", "version_10/checkpoints/epoch=1-step=200.ckpt",
+        "version_10/checkpoints/last.ckpt", "version_10/checkpoints/best.ckpt", "version_9/checkpoints/best.ckpt",
+    ]  # fmt: skip
+    for name in names:
+        (logs / name).parent.mkdir(parents=True, exist_ok=True)
+        (logs / name).touch()
+        os.utime(logs / name, ns=(1_700_000_000_000_000_000,) * 2)
+    assert [str(p.relative_to(logs)) for p in resume_candidates(logs)] == [
+        "version_10/checkpoints/last.ckpt", "version_10/checkpoints/epoch=1-step=200.ckpt",
+        "version_10/checkpoints/epoch=0-step=100.ckpt", "version_10/checkpoints/best.ckpt",
+        "version_9/checkpoints/last.ckpt", "version_9/checkpoints/epoch=0-step=100.ckpt",
+        "version_9/checkpoints/best.ckpt",
+    ]  # fmt: skip
+    assert [p.parents[1].name for p in run_checkpoints(logs, "best")] == ["version_10", "version_9"]

@@ -171,8 +171,38 @@ def test_a_finished_run_relaunched_says_so_and_writes_nothing(
     out = capsys.readouterr().out.strip().splitlines()
     last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
     assert out == [
-        f"{last} has finished this schedule (max_steps=20): nothing to train, nothing written (raise it to train on)."
+        f"{last} has finished this schedule (max_steps=20): nothing to train, nothing written "
+        "(raise --trainer.max_steps to train on)."
     ]
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+
+
+#: No validation counts as better (min_delta): early stopping ends the run at its second validation.
+EARLY = ("--early_stopping.patience", "1", "--early_stopping.min_delta", "1e9", "--trainer.val_check_interval", "5")
+
+
+@pytest.mark.parametrize(
+    ("stop", "done"),
+    [(EARLY, "early stopping: patience exhausted"), (("--trainer.max_time", "00:00:00:01"), "max_time=00:00:00:01")],
+    ids=["early_stopping", "max_time"],
+)
+def test_a_run_stopped_early_or_out_of_time_relaunched_says_so(
+    stop: tuple[str, ...], done: str, run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that early stopping or ``max_time`` ended is done too: resumed, Lightning would train one more
+    validation interval (one more step) and stop again, writing checkpoints past the point the run ended."""
+    command = ("fit", "--model.parity", "false", "--trainer.max_steps", "100000", *stop)
+    run_cli(*command)
+    last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
+    step, written = load_checkpoint(last)["global_step"], last.stat().st_mtime_ns
+    assert 0 < step < 100000  # it did stop before its max_steps
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        run_cli(*command, "--ckpt_path", "last")
+    assert excinfo.value.code == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"{last} has finished this schedule ({done}): nothing to train, nothing written (")
+    assert last.stat().st_mtime_ns == written and load_checkpoint(last)["global_step"] == step
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
 
 

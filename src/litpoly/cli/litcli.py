@@ -2,7 +2,8 @@
 
 - ``add_arguments_to_parser``: the run layer's settings groups (``--console.*``, ``--guard.*``, ``--checkpoint.*``,
   ``--best.*``, ``--early_stopping.*``).
-- ``parse_arguments``: ``--ckpt_path`` found and checked against the settings as soon as they are parsed.
+- ``parse_arguments``: ``--ckpt_path`` found, read once and checked against the settings as soon as they are
+  parsed, and the model's settings merged from what was checked.
 - ``before_instantiate_classes``: the loggers a config lists by class put in the run folder; MLflow's stores made
   ready.
 - ``instantiate_trainer(**kwargs)``: the Trainer arguments that depend on the parsed settings (the run layer's
@@ -26,6 +27,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from litpoly import compat
 from litpoly.callbacks import (
     BestSettings,
     ConsoleReport,
@@ -110,6 +112,7 @@ class LitCLI(LightningCLI):
     def __init__(self, argv: Sequence[str], stage: Stage, **kwargs: Any) -> None:
         self.argv, self.stage = list(argv), stage
         self.checked_checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path, as read and checked
+        self.held_ckpt_path: str | None = None  # --ckpt_path, while LightningCLI would read it (parse_arguments)
         super().__init__(save_config_callback=RecordedConfig, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -144,9 +147,22 @@ class LitCLI(LightningCLI):
         if subcommand and config.get("ckpt_path") is not None:
             self._find_checkpoint(subcommand, config)
         self.save_config_kwargs = {**self.save_config_kwargs, "as_given": copy.deepcopy(config)}
+        if subcommand and self.checked_checkpoint is not None:
+            self._merge_model_settings(subcommand, self.checked_checkpoint[1])
+
+    def _merge_model_settings(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        """Merge the checkpoint's model settings into the config, as LightningCLI does next, but from the checkpoint
+        that was read and checked: LightningCLI would read the file again, and a file swapped in between would give
+        the model other settings than those checked, and could claim any memory (its read has no size check).
+        ``ckpt_path`` is kept from LightningCLI's step and put back before the classes are made."""
+        if settings := compat.checkpoint_model_settings(subcommand, checkpoint):
+            self.config = self.parser.parse_object(settings, self.config)
+        self.held_ckpt_path, self.config[subcommand].ckpt_path = self.config[subcommand].ckpt_path, None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.held_ckpt_path is not None:
+            config.ckpt_path, self.held_ckpt_path = self.held_ckpt_path, None
         self._place_loggers(config.trainer)
 
     def _find_checkpoint(self, subcommand: str, config: Namespace) -> None:
@@ -172,9 +188,9 @@ class LitCLI(LightningCLI):
             return
         path, checkpoint = find_checkpoint(config.ckpt_path, logs, of)
         check_against_checkpoint(config, checkpoint, given_keys(self.argv, "model"), path)
-        if subcommand == "fit" and (done := training_done(config.trainer, checkpoint)) is not None:
+        if subcommand == "fit" and (done := training_done(config, checkpoint)) is not None:
             raise AlreadyDone(
-                f"{path} has finished this schedule ({done}): nothing to train, nothing written (raise it to train on)."
+                f"{path} has finished this schedule ({done}): nothing to train, nothing written ({done.hint})."
             )
         if subcommand != "fit":
             # Evaluating trains nothing: the callbacks' states (which checkpoint was best, early stopping's
