@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litpoly.check import main
-from litpoly.cli import DEFAULT_CONFIG
+from litpoly import signals
+
+with signals.starting("the check"):  # Ctrl-C while torch and Lightning load: one line, not a traceback
+    from litpoly.check import main
+    from litpoly.cli import DEFAULT_CONFIG
 
 if __name__ == "__main__":
     raise SystemExit(main(None, Path(__file__).resolve().parent / "train.py", DEFAULT_CONFIG))

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jsonargparse import ArgumentError, auto_cli
+from litpoly import signals
 
-from litpoly.cli import DEFAULT_CONFIG, exit_status
-from litpoly.errors import RunError
-from litpoly.sweep import sweep
+with signals.starting("the sweep"):  # Ctrl-C while torch and Lightning load: one line, not a traceback
+    from jsonargparse import ArgumentError, auto_cli
+
+    from litpoly.cli import DEFAULT_CONFIG, exit_status
+    from litpoly.errors import RunError
+    from litpoly.sweep import sweep
 
 
 def main(

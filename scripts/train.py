@@ -9,7 +9,10 @@ Examples::
     python scripts/train.py fit --model.help sinefit.PolynomialRegressor   # the model's settings
 """
 
-from litpoly.cli import main
+from litpoly import signals
+
+with signals.starting():  # Ctrl-C while torch and Lightning load: one line, not a traceback
+    from litpoly.cli import main
 
 if __name__ == "__main__":
     main()

@@ -235,18 +235,24 @@ def assert_same_optimizer_state(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def start_and_signal(
-    args: list[str], cwd: Path, at_step: int, signum: int, delay: float = 0.0
+    args: list[str], cwd: Path, at_step: int, signum: int, delay: float = 0.0, group: bool = False
 ) -> subprocess.Popen[str]:
-    """Start a real training process; once it has printed step ``at_step``, wait ``delay`` s and send ``signum``."""
+    """Start a real training process; once it has printed step ``at_step``, wait ``delay`` s and send ``signum``: to
+    the process, or with ``group`` to its whole process group (its DataLoader workers too), as a terminal's Ctrl-C
+    or ``kill -- -PGID`` does."""
     process = subprocess.Popen(
-        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()
-    )
+        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        start_new_session=group,
+    )  # fmt: skip
     assert process.stdout is not None
     for line in process.stdout:
         match = re.match(r"^(\d+) ", line)
         if match and int(match.group(1)) >= at_step:
             time.sleep(delay)
-            process.send_signal(signum)
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
             break
     return process
 

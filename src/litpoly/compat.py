@@ -100,6 +100,8 @@ def quiet_irrelevant_messages() -> None:
     # addFilter ignores a filter it already has, so calling this again (tests do) adds nothing.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_advertising)
     logging.getLogger("lightning.fabric.utilities.seed").addFilter(_not_seed_line)
+    # Lightning's own note on a SIGTERM: the command line says in one line what the signal stopped.
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_not_sigterm_note)
 
 
 def _not_advertising(record: logging.LogRecord) -> bool:
@@ -107,6 +109,10 @@ def _not_advertising(record: logging.LogRecord) -> bool:
     the run folder line says what the run uses, once it has started, so a run refused during setup prints
     its one error line alone."""
     return not record.getMessage().startswith(("💡 Tip", "GPU available:", "TPU available:", "HPU available:"))
+
+
+def _not_sigterm_note(record: logging.LogRecord) -> bool:
+    return "Received SIGTERM" not in record.getMessage()
 
 
 def _not_seed_line(record: logging.LogRecord) -> bool:

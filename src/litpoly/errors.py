@@ -23,9 +23,13 @@ class RunError(Exception):
 
     Attributes:
         exit_code: The process's exit status when the command line reports it.
+        run_folder: The run folder to remove once Lightning has closed its files (set by ``ConsoleReport`` when the
+            run stopped before it saved anything: a setting found wrong during setup, a signal before training),
+            or ``None``.
     """
 
     exit_code = 1
+    run_folder: Path | None = None
 
     @property
     def line(self) -> str:
@@ -41,14 +45,9 @@ class SettingError(RunError, ValueError):
     way). The command line prints ``error: <message>``, exits with status 2 and removes the run folder, which
     holds nothing yet. Name the settings involved and what is allowed, as in
     ``Expected `data.num_samples` >= `model.degree` + 1 = 4, got 3``.
-
-    Attributes:
-        run_folder: The run folder to remove once Lightning has closed its files (set by ``ConsoleReport`` when the
-            run wrote no checkpoint), or ``None``.
     """
 
     exit_code = 2
-    run_folder: Path | None = None
 
 
 class CheckpointError(SettingError):
@@ -89,16 +88,18 @@ class Diverged(RunError):
 
 
 class Interrupted(RunError):
-    """A signal (SIGINT, SIGTERM, SIGHUP) stopped the run at a step boundary, its state saved where checkpointing
-    is on (exit status 128 + the signal's number, as a shell reports it).
+    """A signal (SIGINT, SIGTERM, SIGHUP) stopped the command: a training run at a step boundary, its state saved
+    where checkpointing is on; anything else at once (exit status 128 + the signal's number, as a shell reports it).
 
     Attributes:
         signum: The signal's number.
+        finished: The run had already trained its last step and saved it when the signal came: its results stand.
     """
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, finished: bool = False) -> None:
         super().__init__(message)
         self.signum = signum
+        self.finished = finished
         self.exit_code = 128 + signum
 
     @property

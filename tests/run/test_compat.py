@@ -79,6 +79,7 @@ def test_stateful_is_the_protocol_lightning_saves_loaders_by() -> None:
         ("lightning.fabric.loggers.csv_logs", "Experiment logs directory"),
         ("lightning.pytorch.trainer.setup", "GPU available:"),
         ("lightning.pytorch.cli", "LightningCLI's args parameter is intended to run from within Python"),
+        ("lightning.pytorch.trainer.connectors.signal_connector", "Received SIGTERM"),
     ],
 )
 def test_the_messages_quieted_are_still_lightnings(module: str, text: str) -> None:

@@ -256,6 +256,30 @@ def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_s
         assert max(tensorboard_values(run_folder(trial), "val/sse")) == 599
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_whose_trials_read_with_dataloader_workers_stops_it_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal reaches the sweep, its trial's run and the run's DataLoader workers at once: the trial
+    is interrupted (failed, no error of its own), not failed by a DataLoader error, and the sweep stops with its
+    one line."""
+    from helpers import DIGITS
+
+    args = [*DIGITS.select, "--trainer.max_epochs", "40", "--trainer.enable_progress_bar", "false"]
+    space = write_space(tmp_path, DIGITS, trials=3, args=args)
+    logs = tmp_path / "lightning_logs"
+    process = subprocess.Popen(sweep_command(space), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    wait_until(logs, "digits-lr", process, mid_trial(0))
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, err = process.communicate(timeout=120)
+    said = err.decode()
+    assert process.returncode == 130, said[-3000:]
+    assert "Interrupted: the same command goes on with this study." in said
+    (trial,) = study_trials(logs, "digits-lr")
+    assert trial.state.name == "FAIL" and "error" not in trial.user_attrs, trial.user_attrs
+    log = (logs / "sweeps" / "digits-lr" / "trial_0.log").read_text()
+    assert "DataLoader" not in said + log and "Traceback" not in said + log, log[-3000:]
+
+
 @contextlib.contextmanager
 def postgresql_cluster() -> Iterator[tuple[str, Callable[[str], None]]]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl; Debian's postgresql package), stopped after:

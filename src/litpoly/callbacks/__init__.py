@@ -14,6 +14,7 @@ from litpoly.callbacks.predictions import PredictionWriter
 from litpoly.callbacks.progress import LineProgress, TimedProgressBar
 from litpoly.callbacks.report import RunReport
 from litpoly.callbacks.resume import ExactResume, WeightsAsSaved
+from litpoly.callbacks.signal_stop import SignalStop
 
 __all__ = [
     "BestCheckpoint",
@@ -26,6 +27,7 @@ __all__ = [
     "PredictionWriter",
     "RunGuard",
     "RunReport",
+    "SignalStop",
     "StopWhenNotImproving",
     "TimedProgressBar",
     "WeightsAsSaved",

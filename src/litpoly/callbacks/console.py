@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from jsonargparse.typing import PositiveInt
 
+from litpoly import signals
 from litpoly.console import say, step_loss
 from litpoly.errors import SettingError
 
@@ -91,13 +92,18 @@ class ConsoleReport(L.Callback):
         self._finished = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SettingError) and trainer.is_global_zero:
-            # The logger's own folder, not `trainer.log_dir`: under DDP that is a collective, and the other
-            # processes are failing too. Removed by the command line once Lightning has closed the logger's files.
-            log_dir = getattr(trainer.logger, "log_dir", None)
-            folder = Path(log_dir) if log_dir else None
-            if folder is not None and folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                exception.run_folder = folder  # made by this run's logger; it holds nothing worth keeping
+        # A setting found wrong during setup, or a signal before the first step: the run folder holds nothing yet.
+        if not isinstance(exception, SettingError | signals.Stop) or not trainer.is_global_zero:
+            return
+        if isinstance(exception, signals.Stop) and trainer.global_step > 0:
+            return  # stopped after training: its logs and checkpoints are the run's
+        # The logger's own folder, not `trainer.log_dir`: under DDP that is a collective, and the other
+        # processes are failing too. Removed by the command line once Lightning has closed the logger's files.
+        log_dir = getattr(trainer.logger, "log_dir", None)
+        folder = Path(log_dir) if log_dir else None
+        # (A folder not there yet is this run's: its logger makes it when Lightning closes it, after this hook.)
+        if folder is not None and not (folder.is_dir() and any(folder.rglob("*.ckpt"))):
+            exception.run_folder = folder  # made by this run's logger; it holds nothing worth keeping
 
 
 def fit_summary(trainer: L.Trainer) -> list[str]:

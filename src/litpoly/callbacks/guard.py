@@ -4,28 +4,29 @@ Lightning 2.6 leaves gaps that a template must not pass on to its users:
 
 - A loss that turns NaN keeps training (EarlyStopping's finite check only runs at validation or epoch end,
   which inside one long epoch may be never), and checkpoints of the broken model overwrite good ones.
-- Ctrl-C or SIGTERM in the middle of a step can land between two parameter updates, SIGTERM exits with
-  status 0, and no checkpoint of the last completed step is written.
+- Ctrl-C, SIGTERM or SIGHUP in the middle of a step can land between two parameter updates, SIGTERM exits with
+  status 0, SIGHUP kills the process, and no checkpoint of the last completed step is written.
 - ``last.ckpt`` holds the last *scheduled* save, which need not be the final step.
 
 :class:`RunGuard` closes them for any LightningModule: it checks the loss ``training_step`` returns and every
-parameter after every step, turns SIGINT/SIGTERM into a stop at the next step boundary with a checkpoint, and
-saves ``last.ckpt`` at the end of training. (:class:`~litpoly.plugins.AtomicCheckpointIO` makes sure no
-checkpoint is half-written or holds non-finite weights.)
+parameter after every step, turns SIGINT/SIGTERM/SIGHUP into a stop at the next step boundary with a checkpoint
+(see :mod:`litpoly.signals`), and saves ``last.ckpt`` at the end of training.
+(:class:`~litpoly.plugins.AtomicCheckpointIO` makes sure no checkpoint is half-written or holds non-finite weights.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from litpoly import signals
 from litpoly.console import say, step_loss
 from litpoly.errors import Diverged, Interrupted
 
@@ -34,13 +35,17 @@ STALL_STEPS = 50
 
 
 class RunGuard(L.Callback):
-    """Stops a diverged run at once, interrupts cleanly on SIGINT/SIGTERM, and saves the final state.
+    """Stops a diverged run at once, interrupts cleanly on SIGINT/SIGTERM/SIGHUP, and saves the final state.
 
     A step has diverged when its loss, or any parameter after its update, is NaN or infinite, or when the
     loss exceeds ``divergence_threshold`` (as EarlyStopping's ``divergence_threshold``, but checked every
     step): training stops with one line saying where and why (exit status 1), and no checkpoint of the
     diverged model is written. The check costs one device sync a step. A run whose weights stop changing
     altogether (updates that round away in a narrow dtype, a zero lr) gets a one-line warning.
+
+    A signal during training stops the run at the end of its step, with ``last.ckpt`` saved; a second Ctrl-C stops
+    it at once. One that comes after the last step, while the run saves its final state, lets it finish saving and
+    then stops the command (:class:`~litpoly.errors.Interrupted` with ``finished``).
 
     Args:
         check_finite: Check the loss and every parameter after every step.
@@ -53,13 +58,12 @@ class RunGuard(L.Callback):
             raise ValueError("Expected `guard.divergence_threshold` to be a number or null, got nan")
         self.check_finite = check_finite
         self.divergence_threshold = divergence_threshold
-        self._signal: int | None = None
         self._parameters: list[torch.Tensor] = []
         self._sum_dtypes: list[torch.dtype] = []  # the dtype each parameter's sum is taken in
         self._last_sums: list[float] = []  # each weight tensor's sum after the last step
         self._unchanged_since: int | None = None  # the step since which no weight has changed
         self._stall_said = False  # the stall warning is said once a run
-        self._previous_handlers: dict[int, Any] = {}
+        self._handlers = contextlib.ExitStack()  # the signal handlers of training, while installed
 
     @staticmethod
     def last_checkpoint(trainer: L.Trainer) -> Path | None:
@@ -90,7 +94,7 @@ class RunGuard(L.Callback):
         loss = step_loss(outputs)
         if self.check_finite and loss is not None:
             diverged = self._divergence(trainer, loss)
-        interrupted = self._signal is not None
+        interrupted = signals.received() is not None
         if trainer.world_size > 1:
             # Under DDP every decision to stop is agreed by all processes (a collective, so only there):
             # a process stopping alone would leave the others waiting in the next gradient all-reduce,
@@ -159,7 +163,7 @@ class RunGuard(L.Callback):
         raise Diverged(f"training diverged at step {step}: {what} ({optimizers}).{kept}", step=step)
 
     def _stop_interrupted(self, trainer: L.Trainer) -> None:
-        signum = self._signal if self._signal is not None else signal.SIGTERM  # another process got it
+        signum = signals.received() or signal.SIGTERM  # None: another process got it
         step = trainer.global_step
         path = self._save_last(trainer)
         name = signal.Signals(signum).name
@@ -173,36 +177,30 @@ class RunGuard(L.Callback):
         raise Interrupted(message, signum=signum)
 
     def _install_signal_handlers(self) -> None:
-        if self._previous_handlers:
-            return
-        self._signal = None
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            if self._signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
-            self._signal = signum
-
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous_handlers[signum] = signal.signal(signum, request_stop)
-        except ValueError:  # not the main thread (e.g. a notebook worker): keep Lightning's handling
-            self._restore_signal_handlers()
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
+        """The command line's handling, in place of Lightning's SIGTERM handler while training: that one would stop
+        the run at the end of the epoch (which may be hours away), from inside its loop, with exit status 0."""
+        self._handlers.close()
+        self._handlers.enter_context(signals.handled(signals.deferred()))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_signal_handlers()
         self._parameters, self._last_sums = [], []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # ModelCheckpoint's last.ckpt holds the last *scheduled* save (every `every_n_train_steps`, or
         # after a validation), which need not be the final step. Overwrite it with the final state once
-        # ModelCheckpoint is done (on_fit_end runs after every callback's on_train_end).
-        self._save_last(trainer)
+        # ModelCheckpoint is done (on_fit_end runs after every callback's on_train_end). The handlers stay until
+        # it is written: a signal after the last step waits for the save, then stops the command.
+        path = self._save_last(trainer)
+        self._handlers.close()
+        if (signum := signals.received()) is not None:
+            saved = f", saved to {path}" if path is not None else ""
+            name = signal.Signals(signum).name
+            raise Interrupted(
+                f"{name} after the last step ({trainer.global_step}): the run is complete{saved}.",
+                signum=signum,
+                finished=True,
+            )
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_signal_handlers()
+        self._handlers.close()
         self._parameters = []

@@ -45,7 +45,7 @@ from torch.utils.data import (
     DataLoader,
 )
 
-from litpoly import compat
+from litpoly import compat, signals
 from litpoly.console import say
 from litpoly.data.resumable import dataset_set_epoch, resumable, run_seed, uneven_split, why_not_resumable
 
@@ -107,6 +107,7 @@ class ExactResume(L.Callback):
                 )
             if (note := uneven_split(loader, trainer.world_size)) is not None:
                 self._say_once(note)
+            signals.shield_workers(loader)  # a signal to the process group must not end them mid-step
             return loader
 
         def validation(loaders: Any) -> Any:
@@ -116,6 +117,7 @@ class ExactResume(L.Callback):
             for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
                 if isinstance(loader, DataLoader) and loader.generator is None:
                     loader.generator = torch.Generator().manual_seed(run_seed())
+                signals.shield_workers(loader)
             return loaders
 
         for name, convert in (("train_dataloader", training), ("val_dataloader", validation)):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import sys
 from argparse import ArgumentError
 from collections.abc import Sequence
@@ -37,10 +38,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly import compat, safe_yaml
+from litpoly import compat, safe_yaml, signals
 from litpoly.cli.arguments import names_a_class
 from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
-from litpoly.errors import RunError, SettingError
+from litpoly.errors import Interrupted, RunError, SettingError
 from litpoly.runs import run_name
 
 #: The project's default run: the base of every command that names no model or data class of its own.
@@ -74,33 +75,61 @@ def run(
         SettingError: A bad setting (a ``CheckpointError`` for ``--ckpt_path``): found before any run folder is
             created, or during setup, with the run folder removed again.
         Diverged: Training diverged; no checkpoint of the diverged model was written.
-        Interrupted: A signal stopped the run at a step boundary, its state saved.
+        Interrupted: A signal (SIGINT, SIGTERM, SIGHUP) stopped the command: a training run at a step boundary, its
+            state saved (see :mod:`litpoly.signals`); before training began, with the run folder removed again.
         AlreadyDone: ``fit --ckpt_path`` of a run that already finished its schedule; nothing was written.
     """
     compat.quiet_irrelevant_messages()
     safe_yaml.install()
     argv = list(sys.argv[1:] if args is None else args)
     stage = Stage()
+
+    signals.forget()
     try:
-        return LitCLI(argv, stage, args=args, **_cli_kwargs(argv, default_config, callbacks))
-    except ArgumentError as error:
-        raise SettingError(compat.parse_error_line(str(error))) from None
-    except SettingError as error:  # found during setup or at the first validation
-        if error.run_folder is not None:  # see ConsoleReport.on_exception
-            shutil.rmtree(error.run_folder, ignore_errors=True)
-            with contextlib.suppress(OSError):  # and its parent, if this run made that too
-                error.run_folder.parent.rmdir()
-        raise
-    except ValueError as error:
-        # The classes check their own arguments in __init__ (ValueError): a user error, while they are being made.
-        # (A ValueError raised later, by the model's code at a step, is a bug to see with its traceback.)
-        if stage.running:
+        # While the settings are read, a signal stops the command at once; once the run has begun, at its next safe
+        # point (see litpoly.signals).
+        with signals.handled(signals.deferred(at_once=lambda: not stage.running)):
+            cli = LitCLI(argv, stage, args=args, **_cli_kwargs(argv, default_config, callbacks))
+    except signals.Stop as stop:
+        _remove_run_folder(stop.run_folder)
+        raise Interrupted(f"{signal.Signals(stop.signum).name}: {stage.stopped()}", signum=stop.signum) from None
+    except Exception as error:
+        if (signum := signals.received()) is not None and not isinstance(error, RunError):
+            # What failed after a stop signal failed because of it (a DataLoader worker the signal ended, say).
+            raise Interrupted(f"{signal.Signals(signum).name}: {stage.stopped()}", signum=signum) from None
+        said = _one_line(error, stage)
+        if said is None or said is error:
             raise
-        raise SettingError(str(compat.innermost(error, ValueError))) from None
-    except MisconfigurationException as error:  # the Trainer's flags, e.g. `--trainer.accelerator gpu` without one
-        if stage.running:
-            raise
-        raise SettingError(f"invalid Trainer setting: {error}") from None
+        raise said from None
+    if (signum := signals.received()) is not None:  # after the run's last safe point: its results are complete
+        name = signal.Signals(signum).name
+        raise Interrupted(f"{name} after the run had finished: its results are complete.", signum, finished=True)
+    return cli
+
+
+def _one_line(error: Exception, stage: Stage) -> RunError | None:
+    """What the command line says of ``error``, as a :class:`RunError`; ``None`` for a bug in the model's or the
+    data's code, to see with its traceback."""
+    if isinstance(error, ArgumentError):
+        return SettingError(compat.parse_error_line(str(error)))
+    if isinstance(error, RunError):  # a setting found during setup or at the first validation, a diverged run, …
+        _remove_run_folder(error.run_folder)
+        return error
+    if stage.running:  # raised by the model's or the data's code at a step
+        return None
+    if isinstance(error, ValueError):  # the classes check their own arguments in __init__: a user error
+        return SettingError(str(compat.innermost(error, ValueError)))
+    if isinstance(error, MisconfigurationException):  # the Trainer's flags, e.g. `--trainer.accelerator gpu`
+        return SettingError(f"invalid Trainer setting: {error}")
+    return None
+
+
+def _remove_run_folder(folder: Path | None) -> None:
+    """Remove the run folder of a run stopped before it saved anything (see ``ConsoleReport.on_exception``)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # and its parent, if this run made that too
+            folder.parent.rmdir()
 
 
 def _cli_kwargs(argv: list[str], default_config: Path | str | None, callbacks: Sequence[Callback]) -> dict[str, Any]:
@@ -153,4 +182,5 @@ def exit_status(error: RunError | ArgumentError) -> int:
 
 @rank_zero_only
 def _tell(message: str, error: bool = True) -> None:
-    print(message, file=sys.stderr if error else sys.stdout, flush=True)
+    with contextlib.suppress(OSError):  # a terminal that hung up (SIGHUP): nobody is there to read it
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)

@@ -27,7 +27,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from litpoly import compat
+from litpoly import compat, signals
 from litpoly.callbacks import (
     BestSettings,
     ConsoleReport,
@@ -38,6 +38,7 @@ from litpoly.callbacks import (
     PredictionWriter,
     RunGuard,
     RunReport,
+    SignalStop,
     TimedProgressBar,
     WeightsAsSaved,
 )
@@ -82,9 +83,23 @@ def _refuse_unsafe_loading(config: Namespace) -> None:
 
 
 class Stage:
-    """How far a command got: ``running`` once its subcommand (``trainer.fit`` …) has begun."""
+    """How far a command got: ``running`` once its subcommand (``trainer.fit`` …) has begun, with its ``trainer``."""
 
     running = False
+    subcommand: str | None = None
+    trainer: Trainer | None = None
+
+    def stopped(self) -> str:
+        """What a signal outside of training stopped, in words (training itself is ``RunGuard``'s to stop)."""
+        if not self.running or self.trainer is None:
+            return signals.not_begun()
+        if self.subcommand != "fit":
+            return f"stopped before `{self.subcommand}` finished; nothing was saved."
+        if self.trainer.global_step == 0:
+            return "stopped before training began; nothing was saved."
+        return (
+            f"stopped at step {self.trainer.global_step}; --ckpt_path last resumes the run from its newest checkpoint."
+        )
 
 
 class RecordedConfig(SaveConfigCallback):
@@ -226,9 +241,9 @@ class LitCLI(LightningCLI):
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
           nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
-        - ``RunReport`` (hyperparameters, config), Lightning's ``LearningRateMonitor`` (with a logger) and
-          ``WeightsAsSaved`` (a checkpoint's weights in the run's
-          precision); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
+        - ``RunReport`` (hyperparameters, config), Lightning's ``LearningRateMonitor`` (with a logger),
+          ``WeightsAsSaved`` (a checkpoint's weights in the run's precision) and ``SignalStop`` (a signal outside of
+          training); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
           resumable, the RNG states in every checkpoint), the best checkpoint (``--best.monitor``) and early
           stopping (``--early_stopping.patience``); ``PredictionWriter`` for ``predict``.
 
@@ -271,7 +286,7 @@ class LitCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
             # A bar redrawn in place on a terminal; whole lines in a file or a pipe, which keep every frame.
             added.append(TimedProgressBar() if sys.stdout.isatty() else LineProgress())
-        added += [RunReport(), WeightsAsSaved()]
+        added += [RunReport(), WeightsAsSaved(), SignalStop()]
         if self.subcommand == "fit":
             added += [subconfig.guard, ExactResume()]
             if config.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in given):
@@ -285,7 +300,7 @@ class LitCLI(LightningCLI):
         return added
 
     def _running(self) -> None:
-        self.stage.running = True
+        self.stage.running, self.stage.subcommand, self.stage.trainer = True, self.subcommand, self.trainer
 
     def before_fit(self) -> None:
         self._running()

@@ -109,6 +109,7 @@ def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping:
     space = setup.space
     torch.set_num_threads(threads)
     study = _load_study(setup, worker)
+    stopped: list[bool] = []  # a signal came after a trial's run had finished: the worker stops after that trial
 
     def objective(trial: Any) -> float:
         # Optuna numbers trials in the order they start, and has no "create a trial unless there are n": when two
@@ -118,7 +119,7 @@ def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping:
         if len(ahead) >= space.trials:
             trial.set_user_attr(BEYOND_PLAN, True)
             raise TrialFailed("not run: the study already had its planned number of trials")
-        return run_trial(trial, space, setup.folder, setup.default_config)
+        return run_trial(trial, space, setup.folder, setup.default_config, stop_after=lambda: stopped.append(True))
 
     while parent is None or os.getppid() == parent:
         if stopping():
@@ -135,6 +136,8 @@ def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping:
             time.sleep(HEARTBEAT_S)  # the rest are running (here or elsewhere): wait for them to finish or die
             continue
         study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say_trial(space)])
+        if stopped:
+            raise KeyboardInterrupt
 
 
 def _say_trial(space: SearchSpace) -> Callable[[Any, Any], None]:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
@@ -87,14 +87,18 @@ def reason(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
-def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path | None) -> float:
+def run_trial(
+    trial: Any, space: SearchSpace, folder: Path, default_config: Path | None, stop_after: Callable[[], None]
+) -> float:
     """Run one trial as an ordinary ``fit`` in this process; its metric's last validated value is the result.
 
     Its run folder is ``<folder>/lightning_logs/trial_<n>`` (named through ``$LITPOLY_RUN_VERSION``, so that
     parallel workers never pick the same ``version_N``), and what it prints goes to ``<folder>/trial_<n>.log``.
     A :class:`Diverged` run ends *pruned*, its line recorded as ``diverged``; a run that fails otherwise (a setting
     only the run finds wrong, an error in the model) ends *failed*, its line recorded as ``error``, and the sweep
-    goes on; Ctrl-C or SIGTERM (:class:`Interrupted`) stops the sweep (``KeyboardInterrupt``).
+    goes on; Ctrl-C or SIGTERM (:class:`Interrupted`) stops the sweep (``KeyboardInterrupt``). A signal that came
+    once the run had trained its last step leaves its result standing: the trial completes, and ``stop_after()``
+    asks the sweep to stop after it.
     """
     import optuna
 
@@ -113,8 +117,10 @@ def run_trial(trial: Any, space: SearchSpace, folder: Path, default_config: Path
     except Diverged as error:  # a NaN, an inf, or past --guard.divergence_threshold: the sampler learns the region
         trial.set_user_attr("diverged", reason(error))
         raise optuna.TrialPruned(reason(error)) from None
-    except Interrupted:  # Ctrl-C or SIGTERM, the run stopped cleanly at a step's end: Optuna marks the trial failed
-        raise KeyboardInterrupt from None
+    except Interrupted as stop:  # Ctrl-C or SIGTERM, the run stopped cleanly at a step's end: the trial fails
+        if not (stop.finished and report.last is not None):
+            raise KeyboardInterrupt from None
+        stop_after()
     except RunError as error:
         _failed(trial, reason(error))
     except SystemExit as stop:
