@@ -15,8 +15,8 @@ class SignalStop(L.Callback):
     (``validate``, ``test``, ``predict``): at the end of the stage or batch under way, with :class:`signals.Stop`,
     which the command line says in one line. Nothing of a run that never trained is kept.
 
-    Not at an evaluation inside ``fit``'s training: there ``RunGuard`` stops the run once the step that the
-    validation follows has ended, with its state saved.
+    Not at a validation inside ``fit``'s training: there ``RunGuard`` stops the run at the end of its next training
+    step, with its state saved.
     """
 
     @staticmethod
