@@ -341,7 +341,7 @@ def _summary(folder: Path) -> RunSummary:
     except (OSError, yaml.YAMLError):
         config = {}
     config = config if isinstance(config, dict) else {}
-    model = config.get("model") if isinstance(config, dict) else None
+    model = config.get("model")
     name = str(model.get("class_path") if isinstance(model, dict) else model)
     checkpoints = _in_resume_order(list((folder / "checkpoints").glob("*.ckpt")))
     for path in checkpoints:

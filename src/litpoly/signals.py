@@ -64,10 +64,10 @@ def received() -> int | None:
 
 
 @contextlib.contextmanager
-def handled(handler: Callable[[int], None]) -> Iterator[bool]:
+def handled(handler: Callable[[int], None]) -> Iterator[None]:
     """Within the block, ``handler(signum)`` runs on each of :data:`STOPS` in this process; processes forked in it
-    ignore them. Yields whether the handlers are installed: only the main thread may install them (a command run
-    from another thread keeps the handlers it had). The previous handlers are put back after the block."""
+    ignore them. Only the main thread may install handlers: a command run from another thread keeps the ones it
+    had. The previous handlers are put back after the block."""
     owner = os.getpid()
     watcher: list[object] = []  # PyTorch's SIGCHLD handler, while it is set aside
 
@@ -84,7 +84,7 @@ def handled(handler: Callable[[int], None]) -> Iterator[bool]:
         for signum in STOPS:
             previous[signum] = signal.signal(signum, on_signal)
     try:
-        yield bool(previous)
+        yield
     finally:
         for number, old in [*previous.items(), *((signal.SIGCHLD, w) for w in watcher)]:
             # None: a handler set outside Python, which cannot be put back; the default is the closest.
@@ -121,10 +121,11 @@ class ShieldedWorkerInit:
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        # Python's handlers are not told who sent a signal: SIGTERM is blocked in every thread and taken by one
-        # that asks (sigwaitinfo), before the loader's own code can start other threads.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        threading.Thread(target=_end_when_parent_asks, args=(os.getppid(),), daemon=True).start()
+        if hasattr(signal, "sigwaitinfo"):  # not on macOS: there SIGTERM stays PyTorch's, which ends the worker
+            # Python's handlers are not told who sent a signal: SIGTERM is blocked in every thread and taken by one
+            # that asks (sigwaitinfo), before the loader's own code can start other threads.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            threading.Thread(target=_end_when_parent_asks, args=(os.getppid(),), daemon=True).start()
         if self.init is not None:
             self.init(worker_id)
 

@@ -92,11 +92,11 @@ def run(
             cli = LitCLI(argv, stage, args=args, **_cli_kwargs(argv, default_config, callbacks))
     except signals.Stop as stop:
         _remove_run_folder(stop.run_folder)
-        raise Interrupted(f"{signal.Signals(stop.signum).name}: {stage.stopped()}", signum=stop.signum) from None
+        raise stage.interrupted(stop.signum) from None
     except Exception as error:
         if (signum := signals.received()) is not None and not isinstance(error, RunError):
             # What failed after a stop signal failed because of it (a DataLoader worker the signal ended, say).
-            raise Interrupted(f"{signal.Signals(signum).name}: {stage.stopped()}", signum=signum) from None
+            raise stage.interrupted(signum) from None
         said = _one_line(error, stage)
         if said is None or said is error:
             raise

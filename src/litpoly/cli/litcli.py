@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ from litpoly.callbacks import (
 from litpoly.cli.arguments import given_keys
 from litpoly.cli.checks import check_against_checkpoint, check_trains_something, check_writable
 from litpoly.console import say, without_passwords
-from litpoly.errors import AlreadyDone, CheckpointError, SettingError
+from litpoly.errors import AlreadyDone, CheckpointError, Interrupted, SettingError
 from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_mlflow_stores
 from litpoly.plugins import AtomicCheckpointIO, NullProfiler
 from litpoly.runs import (
@@ -89,17 +90,19 @@ class Stage:
     subcommand: str | None = None
     trainer: Trainer | None = None
 
-    def stopped(self) -> str:
-        """What a signal outside of training stopped, in words (training itself is ``RunGuard``'s to stop)."""
+    def interrupted(self, signum: int) -> Interrupted:
+        """What a signal outside of training stopped, said as an :class:`Interrupted` (training itself is
+        ``RunGuard``'s to stop)."""
         if not self.running or self.trainer is None:
-            return signals.not_begun()
-        if self.subcommand != "fit":
-            return f"stopped before `{self.subcommand}` finished; nothing was saved."
-        if self.trainer.global_step == 0:
-            return "stopped before training began; nothing was saved."
-        return (
-            f"stopped at step {self.trainer.global_step}; --ckpt_path last resumes the run from its newest checkpoint."
-        )
+            what = signals.not_begun()
+        elif self.subcommand != "fit":
+            what = f"stopped before `{self.subcommand}` finished; nothing was saved."
+        elif self.trainer.global_step == 0:
+            what = "stopped before training began; nothing was saved."
+        else:
+            step = self.trainer.global_step
+            what = f"stopped at step {step}; --ckpt_path last resumes the run from its newest checkpoint."
+        return Interrupted(f"{signal.Signals(signum).name}: {what}", signum=signum)
 
 
 class RecordedConfig(SaveConfigCallback):
