@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly.console import one_line, say, without_passwords
 from litpoly.errors import SettingError
-from litpoly.runs import next_version, run_name
+from litpoly.runs import claim_version, run_name
 
 
 class ThrottledTensorBoardLogger(TensorBoardLogger):
@@ -196,7 +196,7 @@ def place_loggers(entries: list[Any], root: str) -> None:
         if first.save_dir is None:
             first.save_dir = root
         if first.version is None and "://" not in str(first.save_dir):
-            first.version = run_name() or next_version(first.save_dir, first.name or "")
+            first.version = run_name() or claim_version(first.save_dir, first.name or "")
         for init_args in folders[1:]:
             if init_args.save_dir is None:
                 init_args.save_dir, init_args.name, init_args.version = first.save_dir, first.name, first.version

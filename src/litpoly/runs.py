@@ -17,6 +17,7 @@ folder): ``config.yaml``, ``hparams.yaml``, TensorBoard's event file, ``checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,8 +79,36 @@ def next_version(root: str | Path, name: str = LOGS) -> int:
 
 
 def next_run_folder(root: str | Path) -> Path:
-    """The folder the next run of ``root`` gets: ``lightning_logs/<name>`` (see the module's docstring)."""
-    return Path(root, LOGS, run_name() or f"version_{next_version(root)}")
+    """The folder the next run of ``root`` gets: ``lightning_logs/<name>`` (see the module's docstring), claimed."""
+    return Path(root, LOGS, run_name() or f"version_{claim_version(root)}")
+
+
+_claimed: list[Path] = []  # the folders claim_version made for the command under way
+
+
+def claim_version(root: str | Path, name: str = LOGS) -> int:
+    """The ``N`` of the next free ``<root>/<name>/version_N``, its folder made here and now, so that runs started at
+    the same moment never share one: of two that count the same ``N``, the second finds the folder made and counts
+    again. (Lightning's loggers count when they first write, seconds later, and make the folder if it is there.)"""
+    while True:
+        version = next_version(root, name)
+        folder = Path(root, name, f"version_{version}")
+        made = [folder, *(parent for parent in folder.parents if not parent.exists())]
+        try:
+            folder.mkdir(parents=True)  # one call: the parents too, if another run has not made them meanwhile
+        except FileExistsError:
+            continue
+        _claimed.extend(made)
+        return version
+
+
+def release_claims() -> None:
+    """Remove the folders :func:`claim_version` made that stayed empty (``lightning_logs/`` too, where it made that):
+    the command was refused before its run wrote anything, or wrote nothing (``fast_dev_run``)."""
+    for folder in sorted(_claimed, key=lambda path: len(path.parts), reverse=True):  # a folder before its parent
+        with contextlib.suppress(OSError):  # not empty: the run's (or another run's)
+            folder.rmdir()
+    _claimed.clear()
 
 
 # -- which run `last` and `best` mean -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder, subprocess_env
+from helpers import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder, subprocess_env, train_command
 from litpoly.check.runs import InterruptAt
 from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
@@ -134,3 +134,19 @@ def test_checkpoints_written_at_the_same_moment_are_ordered_by_their_numbers(tmp
         "version_9/checkpoints/best.ckpt",
     ]  # fmt: skip
     assert [p.parents[1].name for p in run_checkpoints(logs, "best")] == ["version_10", "version_9"]
+
+
+def test_runs_started_at_the_same_moment_each_claim_their_own_folder(tmp_path: Path) -> None:
+    """Two runs of one config started together (loggers listed in a config, whose folder is fixed when the config is
+    read): each claims its own ``version_N``, and neither writes into the other's folder nor stops with a traceback."""
+    command = train_command("fit", "--config", str(REPO / "configs" / "loggers" / "csv.yaml"), "--trainer.max_steps",
+                            "30", "--model.parity", "false")  # fmt: skip
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    said = [run.communicate(timeout=180) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], said
+    folders = sorted((tmp_path / "lightning_logs").iterdir())
+    assert [f.name for f in folders] == ["version_0", "version_1"]
+    for folder in folders:  # one run's files each: one event file, its own metrics and config
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1 and (folder / "metrics.csv").is_file()
+        assert load_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == 30

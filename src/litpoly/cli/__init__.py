@@ -42,7 +42,7 @@ from litpoly import compat, safe_yaml, signals
 from litpoly.cli.arguments import names_a_class
 from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
 from litpoly.errors import Interrupted, RunError, SettingError
-from litpoly.runs import run_name
+from litpoly.runs import release_claims, run_name
 
 #: The project's default run: the base of every command that names no model or data class of its own.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.yaml"
@@ -85,6 +85,20 @@ def run(
     stage = Stage()
 
     signals.forget()
+    try:
+        return _run(argv, stage, args, default_config, callbacks)
+    finally:
+        release_claims()  # a run folder claimed for a run that wrote nothing into it
+
+
+def _run(
+    argv: list[str],
+    stage: Stage,
+    args: Sequence[str] | None,
+    default_config: Path | str | None,
+    callbacks: Sequence[Callback],
+) -> LitCLI:
+    """:func:`run`'s command, what it raises turned into the errors :func:`run` names."""
     try:
         # While the settings are read, a signal stops the command at once; once the run has begun, at its next safe
         # point (see litpoly.signals).

@@ -51,6 +51,7 @@ from litpoly.loggers import ThrottledTensorBoardLogger, place_loggers, prepare_m
 from litpoly.plugins import AtomicCheckpointIO, NullProfiler
 from litpoly.runs import (
     LOGS,
+    claim_version,
     experiment,
     find_checkpoint,
     next_run_folder,
@@ -264,7 +265,10 @@ class LitCLI(LightningCLI):
         kwargs.setdefault("callbacks", [*callbacks, *self._run_layer_callbacks(subconfig, callbacks)])
         root = root_dir(config)
         if config.get("logger") in (None, True):  # Lightning's default logger, as Lightning would make it
-            kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=run_name()))
+            # Its run folder claimed now (see runs.claim_version), where Lightning would count at its first write.
+            claims = "://" not in root and not config.get("fast_dev_run")  # (fast_dev_run writes nothing)
+            version = run_name() or (claim_version(root) if claims else None)
+            kwargs.setdefault("logger", ThrottledTensorBoardLogger(save_dir=root, version=version))
         elif config.get("logger") is False and not config.get("fast_dev_run") and "://" not in root:
             # Without a logger, Lightning writes config.yaml and checkpoints/ straight into the working folder, where
             # the next run's would collide with them: the run gets its own folder, named as a logger's would be.
