@@ -6,6 +6,9 @@ Every CLI test runs in its own temporary folder, like a fresh clone (the ``run_c
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +63,20 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunCLI:
         return main([*args, *flags], DEFAULT_CONFIG)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def _short_tmp_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="litpoly-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp(_short_tmp_base: Path) -> Path:
+    """An empty folder with a short path, kept to the end of the session: the temporary folder (``TMPDIR``,
+    ``tempfile.tempdir``) for code that starts DataLoader workers. multiprocessing makes its Unix sockets there, whose
+    paths may not pass 107 bytes: under pytest's ``tmp_path`` (deep, named after the test) a worker cannot send its
+    batch ("AF_UNIX path too long"), the batch is lost, and the run waits for it for ever. Kept to the end: a process
+    reuses the folder it first made its sockets in."""
+    return Path(tempfile.mkdtemp(dir=_short_tmp_base))

@@ -43,22 +43,20 @@ def report(root: Path) -> tuple[str, dict[str, dict[str, object]]]:
 
 
 @pytest.fixture
-def check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """Run the check in this process from ``tmp_path``, its temporary runs under ``tmp_path/tmp``: the folder, and
-    where the runs go."""
+def check(tmp_path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Run the check in this process from ``tmp_path``, its temporary runs in ``short_tmp``: the folder, and where
+    the runs go."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["check.py"])
-    runs = tmp_path / "tmp"
-    runs.mkdir()
+    runs = short_tmp
     monkeypatch.setattr(tempfile, "tempdir", str(runs))
     return tmp_path, runs
 
 
 @pytest.mark.slow
-def test_the_digits_pass_every_property(tmp_path: Path) -> None:
+def test_the_digits_pass_every_property(tmp_path: Path, short_tmp: Path) -> None:
     """A user's command, in a process of its own: every property measured, every one passes, the table saved."""
-    runs = tmp_path / "tmp"
-    runs.mkdir()
+    runs = short_tmp
     result = subprocess.run(
         [sys.executable, str(CHECK), *DIGITS.select], cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**subprocess_env(), "TMPDIR": str(runs)},
