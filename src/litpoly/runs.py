@@ -34,6 +34,7 @@ from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly import safe_yaml
 from litpoly.console import say
@@ -89,7 +90,13 @@ _claimed: list[Path] = []  # the folders claim_version made for the command unde
 def claim_version(root: str | Path, name: str = LOGS) -> int:
     """The ``N`` of the next free ``<root>/<name>/version_N``, its folder made here and now, so that runs started at
     the same moment never share one: of two that count the same ``N``, the second finds the folder made and counts
-    again. (Lightning's loggers count when they first write, seconds later, and make the folder if it is there.)"""
+    again. (Lightning's loggers count when they first write, seconds later, and make the folder if it is there.)
+
+    Only the first process of a run claims (``rank_zero_only.rank``, read by Lightning from the environment a
+    launcher sets: DDP's other processes, torchrun, SLURM): the others write no run folder, and a claim of theirs
+    would stay behind empty when the launcher ends them."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return next_version(root, name)
     while True:
         version = next_version(root, name)
         folder = Path(root, name, f"version_{version}")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder, subprocess_env, train_command
@@ -16,6 +17,7 @@ from litpoly.check.runs import InterruptAt
 from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 from litpoly.errors import Interrupted
+from litpoly.runs import claim_version, release_claims
 
 RMSPROP = ("--config", str(REPO / "configs" / "rmsprop.yaml"))
 MODEL = ("--model.parity", "false")  # a model setting: commands of one experiment give it alike
@@ -134,6 +136,17 @@ def test_checkpoints_written_at_the_same_moment_are_ordered_by_their_numbers(tmp
         "version_9/checkpoints/best.ckpt",
     ]  # fmt: skip
     assert [p.parents[1].name for p in run_checkpoints(logs, "best")] == ["version_10", "version_9"]
+
+
+def test_only_the_first_process_of_a_run_claims_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP's other processes (started with LOCAL_RANK=1, ...) count the folder but make none: Lightning's launcher may
+    end them before they could remove it, as when the first process refuses a setting."""
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert claim_version(tmp_path) == 0 and not (tmp_path / "lightning_logs").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert claim_version(tmp_path) == 0 and (tmp_path / "lightning_logs" / "version_0").is_dir()
+    release_claims()
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_runs_started_at_the_same_moment_each_claim_their_own_folder(tmp_path: Path) -> None:
