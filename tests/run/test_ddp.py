@@ -73,10 +73,12 @@ def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path) -> None:
-    """SIGTERM usually reaches only the process Lightning launched the others from: all must stop together."""
+@pytest.mark.parametrize("read_late", ["false", "true"])
+def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path, read_late: str) -> None:
+    """SIGTERM usually reaches only the process Lightning launched the others from: all must stop together, whether
+    the processes agree at once or (``read_late``, an accelerator's way) a step later, on the device."""
     endless = ["--trainer.max_steps", "200000", "--trainer.max_epochs", "-1", "--console.every_n_steps", "100"]
-    args = train_command("fit", *PROBLEMS[0].select, *DDP, *endless)
+    args = train_command("fit", *PROBLEMS[0].select, *DDP, *endless, "--guard.read_late", read_late)
     process = start_and_signal(args, tmp_path, 99, signal.SIGTERM)
     try:
         _, err = process.communicate(timeout=120)
@@ -88,3 +90,17 @@ def test_sigterm_to_the_ddp_launcher_stops_every_process(tmp_path: Path) -> None
     checkpoint = load_checkpoint(run_folder(tmp_path) / "checkpoints" / "last.ckpt")
     assert 99 < checkpoint["global_step"] < 200000
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_read_one_step_late_every_process_stops_at_the_step_that_diverged(tmp_path: Path) -> None:
+    """The guard's accelerator path (``--guard.read_late``, the processes' verdicts summed on the device and read a
+    step later) on 2 processes stops where one process reading at once does, in one line."""
+    diverging = ["--model.lr", "1e-4", "--trainer.max_steps", "300"]
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    one = run_train(tmp_path / "one", "fit", *diverging, timeout=600)
+    two = run_train(tmp_path / "two", "fit", *diverging, *DDP, "--guard.read_late", "true", timeout=600)
+    lines = [[x for x in r.stderr.splitlines() if x.startswith("error:")] for r in (one, two)]
+    assert one.returncode == two.returncode == 1, two.stderr[-2000:]
+    assert len(lines[0]) == len(lines[1]) == 1 and "training diverged at step" in lines[0][0], lines
+    assert lines[1] == lines[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -50,3 +52,31 @@ def test_a_cpu_checkpoint_goes_on_on_the_gpu_and_back(run_cli: RunCLI, tmp_path:
     # Not bit for bit: the GPU rounds its sums otherwise. Within float32's rounding of this run, though.
     difference = (resumed["state_dict"]["coefficients"] - straight.model.coefficients.detach()).abs().max()
     assert difference.item() < 1e-5
+
+
+class NoSyncInSteps(L.Callback):
+    """Makes any call that waits for the GPU an error (``torch.cuda.set_sync_debug_mode``) from each step's start to
+    the next's: on every step but the first and those where the default run validates, saves or prints its loss line
+    (every 100th), which may wait."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+        quiet = trainer.global_step >= 1 and (trainer.global_step + 1) % 100 != 0
+        torch.cuda.set_sync_debug_mode("error" if quiet else "default")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_default_fit_never_waits_for_the_gpu_within_its_steps(run_cli: RunCLI) -> None:
+    """The run layer reads each step's loss and weights one step late (RunGuard): no step waits for the GPU, so
+    Lightning's Python work overlaps the GPU's. The parity check still matches every step."""
+    cli = run_cli("fit", *GPU, "--trainer.max_steps", "400", "--trainer.callbacks+=test_gpu.NoSyncInSteps")
+    assert ran_on_the_gpu(cli) and cli.trainer.global_step == 400
+    report = next(c for c in cli.trainer.callbacks if isinstance(c, ParityCheck)).report  # type: ignore[attr-defined]
+    assert report is not None and report.match, report and report.failures

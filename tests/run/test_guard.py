@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import pytest
@@ -16,6 +18,7 @@ from helpers import TWOMOONS, Problem, RunCLI
 from litpoly.callbacks.guard import RunGuard
 from litpoly.errors import CheckpointWriteError, Diverged
 from litpoly.plugins import AtomicCheckpointIO, NonFiniteCheckpointError
+from sinefit import PolynomialRegressor
 
 
 def test_a_loss_that_climbs_without_reaching_inf_is_stopped_by_the_threshold(
@@ -119,3 +122,71 @@ def test_fast_checks_stay_off_the_other_subcommands(problem: Problem, run_cli: R
     run_cli("fit", *problem.select, *problem.quick)
     trainer = run_cli("validate", *problem.select, "--ckpt_path", "last").trainer
     assert not any(isinstance(c, RunGuard) for c in trainer.callbacks)  # type: ignore[attr-defined]
+
+
+# -- on an accelerator: each step's values read one step late, never waiting for the step -------------------------
+
+
+def test_read_one_step_late_the_guard_names_the_step_that_diverged(tmp_path: Path) -> None:
+    """The accelerator's path (``read_late``), on the CPU: each step's values judged a step later."""
+    trainer = L.Trainer(
+        max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[RunGuard(read_late=True)], default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(
+        Diverged, match=r"^training diverged at step 4: the parameters are no longer finite \(SGD, lr=0\.1\)"
+    ):
+        trainer.fit(_Broken(at_step=4))
+
+
+def test_read_one_step_late_no_checkpoint_of_a_diverged_step_is_written(tmp_path: Path) -> None:
+    """A checkpoint every step: the one of the step that turned the weights NaN waits for that step's values and
+    is refused by the guard (which names the step), before the write; the one before it is whole."""
+    saving = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(
+        max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[RunGuard(read_late=True), saving], plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(Diverged, match=r"^training diverged at step 4: the parameters are no longer finite"):
+        trainer.fit(_Broken(at_step=4))
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and torch.isfinite(last["state_dict"]["w"]).all()
+
+
+class _Watched(torch.Tensor):
+    """A tensor that notes every read of its value by the host (each would wait for the device there): the run
+    layer's file that made it, or "elsewhere" (Lightning, the example)."""
+
+    READS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.__format__)  # fmt: skip
+    by: ClassVar[list[str]] = []
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        to_host = func is torch.Tensor.to and "cpu" in map(str, [*args[1:], *(kwargs or {}).values()])
+        if func in cls.READS or to_host:
+            callers = [
+                frame.filename
+                for frame in traceback.extract_stack()[:-1]
+                if f"{os.sep}torch{os.sep}" not in frame.filename
+            ]
+            cls.by.append(callers[-1] if f"{os.sep}litpoly{os.sep}" in callers[-1] else "elsewhere")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["lagged", "at-once"])
+def test_the_run_layer_reads_no_device_value_per_step(
+    late: bool, run_cli: RunCLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A default fit whose loss notes every read of its value: on the accelerator's path the run layer reads none
+    per step (the console's line every 100 steps reads one); read at once, as on the CPU, every step reads it."""
+    training_step = PolynomialRegressor.training_step
+    monkeypatch.setattr(PolynomialRegressor, "training_step", lambda *args: training_step(*args).as_subclass(_Watched))
+    monkeypatch.setattr(_Watched, "by", [])
+    run_cli("fit", "--trainer.max_steps", "300", "--guard.read_late", str(late).lower())
+    run_layer = [f for f in _Watched.by if f != "elsewhere"]
+    guard = [f for f in run_layer if f.endswith(("guard.py", "lagged.py"))]
+    if late:
+        assert guard == [] and len(run_layer) <= 300 // 100, run_layer
+    else:
+        assert len(guard) >= 300

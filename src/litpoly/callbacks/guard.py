@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from litpoly import signals
+from litpoly.callbacks.lagged import LaggedReads, Reading
 from litpoly.console import say, step_loss
 from litpoly.errors import Diverged, Interrupted
 
@@ -40,8 +41,10 @@ class RunGuard(L.Callback):
     A step has diverged when its loss, or any parameter after its update, is NaN or infinite, or when the
     loss exceeds ``divergence_threshold`` (as EarlyStopping's ``divergence_threshold``, but checked every
     step): training stops with one line saying where and why (exit status 1), and no checkpoint of the
-    diverged model is written. The check costs one device sync a step. A run whose weights stop changing
-    altogether (updates that round away in a narrow dtype, a zero lr) gets a one-line warning.
+    diverged model is written. On an accelerator the check reads each step's values one step late, without making
+    the host wait for the step (:mod:`~litpoly.callbacks.lagged`); before any checkpoint is written, and at every
+    validation, it waits for the last one: the step named is still the one that diverged. A run whose weights stop
+    changing altogether (updates that round away in a narrow dtype, a zero lr) gets a one-line warning.
 
     A signal during training stops the run at the end of its step, with ``last.ckpt`` saved; a second Ctrl-C stops
     it at once. One that comes after the last step, while the run saves its final state, lets it finish saving and
@@ -51,19 +54,25 @@ class RunGuard(L.Callback):
         check_finite: Check the loss and every parameter after every step.
         divergence_threshold: Also stop when a step's loss exceeds this value (a loss that climbs far past
             where it started without reaching infinity). ``None``: no threshold.
+        read_late: Read each step's values one step late, without making the host wait for the step (see above).
+            ``None``: on an accelerator, not on the CPU (where reading them at once costs less).
     """
 
-    def __init__(self, check_finite: bool = True, divergence_threshold: float | None = None) -> None:
+    def __init__(
+        self, check_finite: bool = True, divergence_threshold: float | None = None, read_late: bool | None = None
+    ) -> None:
         if divergence_threshold is not None and math.isnan(divergence_threshold):
             raise ValueError("Expected `guard.divergence_threshold` to be a number or null, got nan")
         self.check_finite = check_finite
         self.divergence_threshold = divergence_threshold
+        self.read_late = read_late
         self._parameters: list[torch.Tensor] = []
         self._sum_dtypes: list[torch.dtype] = []  # the dtype each parameter's sum is taken in
         self._last_sums: list[float] = []  # each weight tensor's sum after the last step
         self._unchanged_since: int | None = None  # the step since which no weight has changed
         self._stall_said = False  # the stall warning is said once a run
         self._handlers = contextlib.ExitStack()  # the signal handlers of training, while installed
+        self._lagged_reads = LaggedReads()  # on an accelerator: the step whose values are on their way to the host
 
     @staticmethod
     def last_checkpoint(trainer: L.Trainer) -> Path | None:
@@ -86,12 +95,16 @@ class RunGuard(L.Callback):
         self._parameters = [p for p in pl_module.parameters() if p.is_floating_point()]
         self._sum_dtypes = [torch.float32 if p.element_size() < 4 else p.dtype for p in self._parameters]
         self._last_sums, self._unchanged_since, self._stall_said = [], None, False
+        self._lagged_reads.discard()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        diverged: str | None = None
         loss = step_loss(outputs)
+        if self.read_late or (self.read_late is None and pl_module.device.type != "cpu"):
+            self._check_lagged(trainer, pl_module.device, loss)
+            return
+        diverged: str | None = None
         if self.check_finite and loss is not None:
             diverged = self._divergence(trainer, loss)
         interrupted = signals.received() is not None
@@ -103,11 +116,72 @@ class RunGuard(L.Callback):
                 diverged = "another process diverged"
             interrupted = trainer.strategy.reduce_boolean_decision(interrupted, all=False)
         if diverged is not None:
-            self._stop_diverged(trainer, diverged)
+            self._stop_diverged(trainer, diverged, trainer.global_step - 1)
         if interrupted:
             self._stop_interrupted(trainer)
 
-    def _watch_for_a_stall(self, trainer: L.Trainer, sums: list[float]) -> None:
+    def _sums(self) -> list[torch.Tensor]:
+        # Half-precision weights are summed in float32: float16's sum of a large tensor overflows to inf.
+        return [p.detach().sum(dtype=dtype) for p, dtype in zip(self._parameters, self._sum_dtypes, strict=True)]
+
+    def _check_lagged(self, trainer: L.Trainer, device: torch.device, loss: torch.Tensor | None) -> None:
+        """The accelerator's path: this step's loss and sums are queued for the host, the previous step's are
+        judged. Under DDP the processes' verdicts (diverged here, a signal here) are summed on the device, so
+        every process reads the same ones at the same step, again without waiting."""
+        values = None
+        if self.check_finite and loss is not None:
+            values = torch.stack([loss.detach().float().sum(), *(s.float() for s in self._sums())])
+        checked = values is not None
+        distributed = trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            bad = torch.zeros((), device=device) if values is None else self._bad_on_device(values)
+            votes = torch.stack([bad, torch.full((), float(signals.received() is not None), device=device)])
+            torch.distributed.all_reduce(votes)  # not the strategy's reduce: that one waits at a barrier first
+            values = votes if values is None else torch.cat([values, votes])
+        reading = (
+            self._lagged_reads.submit((trainer.global_step, checked, distributed), values)
+            if values is not None
+            else self._lagged_reads.drain()
+        )
+        if reading is not None:
+            self._judge_reading(trainer, reading)
+        if not distributed and signals.received() is not None:
+            self._stop_interrupted(trainer)  # its save drains the reading just queued (on_save_checkpoint)
+
+    def _bad_on_device(self, values: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(values).all()
+        if self.divergence_threshold is not None:
+            bad = bad | (values[0] > self.divergence_threshold)
+        return bad.float()
+
+    def _judge_reading(self, trainer: L.Trainer, reading: Reading, stop_on_signal: bool = True) -> None:
+        step, checked, distributed = reading.tag
+        values = reading.values
+        votes = values[-2:] if distributed else [0.0, 0.0]
+        values = values[:-2] if distributed else values
+        diverged = self._judge(trainer, values, step=step) if checked else None
+        if diverged is None and votes[0] > 0:
+            diverged = "another process diverged"
+        if diverged is not None:
+            self._stop_diverged(trainer, diverged, step - 1)
+        if votes[1] > 0 and stop_on_signal:
+            self._stop_interrupted(trainer)
+
+    def _drain(self, trainer: L.Trainer, stop_on_signal: bool = True) -> None:
+        """Judge the reading in flight, waiting for it: before anything is saved, validated, or training ends."""
+        if (reading := self._lagged_reads.drain()) is not None:
+            self._judge_reading(trainer, reading, stop_on_signal)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # No checkpoint of a step not yet judged: a diverged one raises here, before the write. (A signal's votes
+        # are left to the step's end: this save may be the one a signal asked for.)
+        self._drain(trainer, stop_on_signal=False)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._drain(trainer)
+
+    def _watch_for_a_stall(self, trainer: L.Trainer, sums: list[float], step: int) -> None:
         """A run whose weights stop changing trains nothing, and should say so: once a run, the first time no weight
         tensor's sum has changed for ``STALL_STEPS`` steps (the sums are read for the divergence check anyway).
         (Near the optimum, float32 SGD stalls, moves a weight by one rounding step now and then, and stalls again:
@@ -115,8 +189,8 @@ class RunGuard(L.Callback):
         if self._stall_said:
             return
         if sums != self._last_sums:
-            self._last_sums, self._unchanged_since = sums, trainer.global_step
-        elif self._unchanged_since is not None and trainer.global_step - self._unchanged_since >= STALL_STEPS:
+            self._last_sums, self._unchanged_since = sums, step
+        elif self._unchanged_since is not None and step - self._unchanged_since >= STALL_STEPS:
             dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in self._parameters}))
             say(
                 f"Warning: the weights have not changed since step {self._unchanged_since} ({STALL_STEPS} steps): "
@@ -127,18 +201,14 @@ class RunGuard(L.Callback):
             self._stall_said = True
 
     def _divergence(self, trainer: L.Trainer, loss: torch.Tensor) -> str | None:
-        """What is wrong with this step, if anything, from the loss and the sum of each parameter tensor (a NaN or
-        an infinity anywhere in a tensor makes its sum non-finite). On an accelerator they are read in one device
-        sync; on the CPU, where there is nothing to wait for, one by one (cheaper than stacking them first)."""
-        # Half-precision weights are summed in float32: float16's sum of a large tensor overflows to inf.
-        sums = [p.detach().sum(dtype=dtype) for p, dtype in zip(self._parameters, self._sum_dtypes, strict=True)]
-        if loss.device.type == "cpu":
-            loss_value, parameter_sums = loss.detach().sum().item(), [s.item() for s in sums]
-        else:
-            loss_value, *parameter_sums = torch.stack(
-                [loss.detach().float().sum(), *(s.float() for s in sums)]
-            ).tolist()
-        self._watch_for_a_stall(trainer, parameter_sums)
+        """The CPU's path: :meth:`_judge` this step, its values read at once (one by one: cheaper than stacking)."""
+        return self._judge(trainer, [loss.detach().sum().item(), *(s.item() for s in self._sums())])
+
+    def _judge(self, trainer: L.Trainer, values: list[float], step: int | None = None) -> str | None:
+        """What is wrong with a step, if anything, from its loss and the sum of each parameter tensor (``values``,
+        in that order: a NaN or an infinity anywhere in a tensor makes its sum non-finite)."""
+        loss_value, *parameter_sums = values
+        self._watch_for_a_stall(trainer, parameter_sums, trainer.global_step if step is None else step)
         if not math.isfinite(loss_value):
             return f"the loss is {loss_value}"
         if not all(math.isfinite(s) for s in parameter_sums):
@@ -151,8 +221,7 @@ class RunGuard(L.Callback):
     def _optimizers(trainer: L.Trainer) -> str:
         return "; ".join(f"{type(o).__name__}, lr={o.param_groups[0]['lr']:g}" for o in trainer.optimizers)
 
-    def _stop_diverged(self, trainer: L.Trainer, what: str) -> None:
-        step = trainer.global_step - 1
+    def _stop_diverged(self, trainer: L.Trainer, what: str, step: int) -> None:
         optimizers = self._optimizers(trainer)
         last = self.last_checkpoint(trainer)
         kept = (
@@ -183,6 +252,7 @@ class RunGuard(L.Callback):
         self._handlers.enter_context(signals.handled(signals.deferred()))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._drain(trainer)
         self._parameters, self._last_sums = [], []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -203,4 +273,5 @@ class RunGuard(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._handlers.close()
+        self._lagged_reads.discard()
         self._parameters = []
