@@ -1,15 +1,15 @@
 """Benchmark: what litpoly's ``fit`` costs per training step, and in memory, against the raw loop and bare Lightning.
 
-Each contestant (see ``scripts/bench/contestants.py``) — the seed's raw PyTorch loop, bare Lightning, bare
-Lightning with litpoly's ``NullProfiler``, litpoly's ``fit`` with every default feature on, and the same with
-each feature switched off in turn — runs in a process of its own and reads the clock at two step ends
-inside the run (steps 200 → 2200 of 2400 at 2000 points; 5 → 25 of 30 at 20 million), so start-up is
-excluded; start-up is measured apart, from the process's start to its first step, against the same for
-``python -c "import lightning"``. The contestants run in turn, 3 times (5 at 20 million points, where a step's
-time varies more from one process to the next); every row shows the median and the spread (interquartile
-range) of its repeats, and a row whose spread exceeds 10% of its median is marked unresolved and not
-counted as a result. Peak memory is each process's own (resident set on the CPU,
-allocated memory on a GPU); what grows with the data is its peak at 20 million points minus its peak at 2000.
+Each contestant (see ``scripts/bench/contestants.py``) — the seed's raw PyTorch loop, bare Lightning, bare Lightning
+with litpoly's ``NullProfiler``, litpoly's ``fit`` with every default feature on, the same with ``--compile true``,
+and the same with each feature switched off in turn — runs in a process of its own and reads the clock at two step
+ends inside the run (steps 200 → 2200 of 2400 at 2000 points; 5 → 25 of 30 at 20 million), so start-up is excluded;
+start-up is measured apart, from the process's start to its first step, against the same for ``python -c "import
+lightning"``. The contestants run in turn, 3 times (5 at 20 million points, where a step's time varies more from one
+process to the next); every row shows the median and the spread (interquartile range) of its repeats, and a row
+whose spread exceeds 10% of its median is marked unresolved and not counted as a result. Peak memory is each
+process's own (resident set on the CPU, allocated memory on a GPU); what grows with the data is its peak at 20
+million points minus its peak at 2000.
 
     python scripts/benchmark.py                           # every size; writes lightning_logs/benchmark.json
     python scripts/benchmark.py --sizes "[2000]"          # the seed's size and the breakdown only
@@ -108,6 +108,8 @@ def _size_entry(size: int, rows: dict[str, m.Row], window: m.Window, repeats: in
     }
     if "bare-null/sgd" in rows:
         ratios["litpoly/bare-null (sgd)"] = m.ratio(rows["litpoly/sgd"], rows["bare-null/sgd"]).as_dict()
+    if "compiled/sgd" in rows:
+        ratios["compiled/litpoly (sgd)"] = m.ratio(rows["compiled/sgd"], rows["litpoly/sgd"]).as_dict()
     entry: dict[str, Any] = {"window": vars(window), "repeats": repeats, "rows": table, "ratios": ratios}
     if "without progress bar" in rows:
         entry["breakdown"] = m.breakdown(rows)

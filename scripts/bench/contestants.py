@@ -10,7 +10,7 @@ trained by the seed's raw loop, by bare Lightning, and by litpoly's ``fit``; eac
   others replace parts that bare Lightning does not have: logger, bar, checkpoint).
 - ``litpoly``: ``scripts/train.py fit`` on the default config, every default feature on (progress bar,
   TensorBoard scalars and the fit figure, validation every 100 steps with its metrics, checkpoints, console
-  lines, divergence check, parity check); with ``flags``, one of them switched off.
+  lines, divergence check, parity check); with ``flags``, one of them switched off, or ``--compile true``.
 """
 
 from __future__ import annotations

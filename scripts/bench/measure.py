@@ -35,6 +35,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The ``compiled`` contestant: litpoly's fit with ``--compile true`` (torch.compile of the model's forward); its
+#: compilation falls before the timed steps.
+COMPILED = ("--compile", "true")
+
+
 @dataclass(frozen=True)
 class Window:
     """A run's length and the steps timed: ``start`` … ``stop`` step ends, start-up and the first steps excluded."""
@@ -71,6 +76,8 @@ def contestants(
     specs = {f"{kind}/{opt}": spec(kind, opt) for opt in optimizers for kind in ("raw", "bare", "litpoly")}
     if small:
         specs["bare-null/sgd"] = spec("bare-null", "sgd")
+    if "sgd" in optimizers:
+        specs["compiled/sgd"] = spec("litpoly", "sgd", COMPILED)
     if breakdown:
         specs |= {f"without {name.strip()}": spec("litpoly", "sgd", flags) for name, flags in FEATURES.items()}
     return specs

@@ -80,6 +80,26 @@ def step_table(sizes: dict[str, Any]) -> list[str]:
     return lines
 
 
+def compile_table(sizes: dict[str, Any]) -> list[str]:
+    """litpoly's step with ``--compile true`` against without, at each size it was measured at (SGD)."""
+    lines = [
+        "With `--compile true` (torch.compile of the model's forward; compiling falls before the timed steps):",
+        "",
+        "| points | litpoly | litpoly --compile | compiled / litpoly |",
+        "|---|---|---|---|",
+    ]
+    for size, entry in sorted(sizes.items(), key=lambda item: int(item[0])):
+        rows, ratios = entry["rows"], entry["ratios"]
+        if "compiled/sgd" in rows:
+            cells = [
+                _ms(rows.get("litpoly/sgd")),
+                _ms(rows["compiled/sgd"]),
+                _ratio(ratios.get("compiled/litpoly (sgd)")),
+            ]
+            lines.append(f"| {int(size):,} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 4 else []
+
+
 def breakdown_table(sizes: dict[str, Any]) -> list[str]:
     """What each default feature costs per step, at the size the breakdown was measured at (if any)."""
     measured = [(size, entry) for size, entry in sizes.items() if "breakdown" in entry]
@@ -127,6 +147,7 @@ def render(results: dict[str, Any]) -> str:
         [machine_line(results["machine"])],
         [heading],
         step_table(results["sizes"]),
+        compile_table(results["sizes"]),
         breakdown_table(results["sizes"]),
         target_table(results.get("targets", [])),
     ]

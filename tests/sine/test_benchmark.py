@@ -37,7 +37,8 @@ def test_quick_benchmark_writes_consistent_json(
     assert size["repeats"] == 2
     rows = size["rows"]
     expected = {f"{kind}/{opt}" for kind in ("raw", "bare", "litpoly") for opt in ("sgd", "rmsprop")}
-    assert expected | {"bare-null/sgd"} <= set(rows)
+    assert expected | {"bare-null/sgd", "compiled/sgd"} <= set(rows)
+    assert rows["compiled/sgd"]["flags"] == ["--compile", "true"]
     for name, row in rows.items():
         samples = row["samples_ms"]
         assert len(samples) == 2 and all(math.isfinite(s) and s > 0 for s in samples), name
@@ -81,6 +82,10 @@ def check_tables(report: dict[str, Any]) -> None:
         assert cells[6].startswith(f"{ratios[f'litpoly/bare ({optimizer})']['value']:.3f}x")
         if optimizer == "rmsprop":
             assert cells[4] == "–"  # bare + NullProfiler: timed with SGD only
+    compiled = next(line for line in tables.splitlines() if line.startswith("| 500 | ") and line.count("|") == 5)
+    cells = [cell.strip() for cell in compiled.strip("|").split("|")]
+    assert cells[2].startswith(f"{rows['compiled/sgd']['step_ms']:.4g} ms")
+    assert cells[3].startswith(f"{ratios['compiled/litpoly (sgd)']['value']:.3f}x")
     breakdown = report["sizes"]["500"]["breakdown"]
     costs = [line for line in tables.splitlines() if " µs ± " in line]
     assert len(costs) == len(breakdown)

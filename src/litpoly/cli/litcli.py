@@ -147,6 +147,11 @@ class LitCLI(LightningCLI):
         # Early stopping watches the metric the best checkpoint ranks by: one setting, not two that could disagree.
         parser.link_arguments("best.monitor", "early_stopping.monitor")
         parser.link_arguments("best.mode", "early_stopping.mode")
+        parser.add_argument(
+            "--compile", type=bool, default=False,
+            help="torch.compile the model's forward (what self(x) runs; its steps stay eager), in place: its "
+            "checkpoints load with or without it",
+        )  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then find and check ``--ckpt_path``, and keep the command's settings as given.
@@ -308,6 +313,11 @@ class LitCLI(LightningCLI):
 
     def _running(self) -> None:
         self.stage.running, self.stage.subcommand, self.stage.trainer = True, self.subcommand, self.trainer
+        if self.config[self.subcommand].get("compile"):
+            # nn.Module.compile: in place, so the state dict keys stay the model's own. It compiles what `self(x)`
+            # runs, not the steps: Dynamo cannot trace Lightning's `self.log` (what `torch.compile(model)` would
+            # have Lightning compile too).
+            self.model.compile()
 
     def before_fit(self) -> None:
         self._running()
