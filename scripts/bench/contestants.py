@@ -6,6 +6,8 @@ trained by the seed's raw loop, by bare Lightning, and by litpoly's ``fit``; eac
 - ``bare``: ``PolynomialRegressor`` + ``SineDataModule`` under a Trainer with everything optional switched
   off (no logger, progress bar, checkpoint, model summary, validation, nor the example's own reports):
   Lightning's floor for this model.
+- ``plain``: what a user would write instead, in plain Lightning (:mod:`bench.plain`): its own cubic module, a
+  ``DataLoader`` of the full batch, one ``self.log`` a step, a Trainer with nothing optional.
 - ``bare-null``: the same with litpoly's ``NullProfiler``: bare Lightning with litpoly's speed-ups (the
   others replace parts that bare Lightning does not have: logger, bar, checkpoint).
 - ``litpoly``: ``scripts/train.py fit`` on the default config, every default feature on (progress bar,
@@ -33,6 +35,7 @@ import lightning as L
 import torch
 
 from bench.clock import LoopClock, StepClock
+from bench.plain import PlainCubic, full_batch
 from litpoly.cli import DEFAULT_CONFIG, DEFAULT_SEED
 from litpoly.cli import run as run_command
 from litpoly.compat import quiet_irrelevant_messages
@@ -51,7 +54,7 @@ class Spec:
     """One run of one contestant.
 
     Attributes:
-        kind: ``raw``, ``bare``, ``bare-null`` or ``litpoly``.
+        kind: ``raw``, ``plain``, ``bare``, ``bare-null`` or ``litpoly``.
         optimizer: ``sgd`` or ``rmsprop``.
         size: Training points (a full batch each step).
         device: ``cpu`` or ``cuda``.
@@ -129,6 +132,19 @@ def _bare(spec: Spec) -> StepClock:
     return clock
 
 
+def _plain(spec: Spec) -> StepClock:
+    clock = StepClock(spec.start, spec.stop)
+    trainer = L.Trainer(
+        max_steps=spec.steps, accelerator="gpu" if spec.device == "cuda" else "cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
+    )  # fmt: skip
+    x64 = SineDataModule(num_samples=spec.size).train_x
+    loader = full_batch(x64.float(), torch.sin(x64).float())
+    del x64
+    trainer.fit(PlainCubic(spec.optimizer, learning_rate(spec.optimizer, spec.size), seed_start()), loader)
+    return clock
+
+
 def _litpoly(spec: Spec, root: str) -> StepClock:
     args = ["fit", "--model.optimizer", spec.optimizer, "--data.num_samples", str(spec.size)]
     args += ["--trainer.max_steps", str(spec.steps), "--trainer.default_root_dir", root]
@@ -164,6 +180,8 @@ def run(spec: Spec) -> dict[str, Any]:
             clock: StepClock | LoopClock = _raw(spec)
         elif spec.kind in ("bare", "bare-null"):
             clock = _bare(spec)
+        elif spec.kind == "plain":
+            clock = _plain(spec)
         else:
             clock = _litpoly(spec, root)
     if spec.device == "cuda":

@@ -76,6 +76,7 @@ def contestants(
     specs = {f"{kind}/{opt}": spec(kind, opt) for opt in optimizers for kind in ("raw", "bare", "litpoly")}
     if small:
         specs["bare-null/sgd"] = spec("bare-null", "sgd")
+        specs |= {f"plain/{opt}": spec("plain", opt) for opt in optimizers}
     if "sgd" in optimizers:
         specs["compiled/sgd"] = spec("litpoly", "sgd", COMPILED)
     if breakdown:

@@ -22,6 +22,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 #: The columns of a size's table: the row-name prefix in the JSON, and the heading.
 KINDS = (
     ("raw", "raw PyTorch"),
+    ("plain", "plain Lightning"),
     ("bare", "bare Lightning"),
     ("bare-null", "bare + NullProfiler"),
     ("litpoly", "litpoly"),
@@ -63,8 +64,10 @@ def _load(machine: dict[str, Any]) -> str:
 def step_table(sizes: dict[str, Any]) -> list[str]:
     """One row per size and optimizer: each contestant's step, and litpoly's ratios to bare Lightning and raw."""
     lines = [
-        "| points | optimizer | " + " | ".join(name for _, name in KINDS) + " | litpoly / bare | litpoly / raw |",
-        "|---|---|" + "---|" * (len(KINDS) + 2),
+        "| points | optimizer | "
+        + " | ".join(name for _, name in KINDS)
+        + " | litpoly / plain | litpoly / bare | litpoly / raw |",
+        "|---|---|" + "---|" * (len(KINDS) + 3),
     ]
     for size, entry in sorted(sizes.items(), key=lambda item: int(item[0])):
         rows, ratios = entry["rows"], entry["ratios"]
@@ -73,6 +76,7 @@ def step_table(sizes: dict[str, Any]) -> list[str]:
                 continue
             cells = [_ms(rows.get(f"{kind}/{optimizer}")) for kind, _ in KINDS]
             cells += [
+                _ratio(ratios.get(f"litpoly/plain ({optimizer})")),
                 _ratio(ratios.get(f"litpoly/bare ({optimizer})")),
                 _ratio(ratios.get(f"litpoly/raw ({optimizer})")),
             ]

@@ -37,7 +37,7 @@ def test_quick_benchmark_writes_consistent_json(
     assert size["repeats"] == 2
     rows = size["rows"]
     expected = {f"{kind}/{opt}" for kind in ("raw", "bare", "litpoly") for opt in ("sgd", "rmsprop")}
-    assert expected | {"bare-null/sgd", "compiled/sgd"} <= set(rows)
+    assert expected | {"bare-null/sgd", "compiled/sgd", "plain/sgd", "plain/rmsprop"} <= set(rows)
     assert rows["compiled/sgd"]["flags"] == ["--compile", "true"]
     for name, row in rows.items():
         samples = row["samples_ms"]
@@ -77,11 +77,12 @@ def check_tables(report: dict[str, Any]) -> None:
         line = next(line for line in tables.splitlines() if line.startswith(f"| 500 | {optimizer} |"))
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         litpoly = rows[f"litpoly/{optimizer}"]
-        assert cells[5].startswith(f"{litpoly['step_ms']:.4g} ms (±{litpoly['spread_ms']:.2g})")
-        assert cells[5].endswith("unresolved") != litpoly["resolved"]
-        assert cells[6].startswith(f"{ratios[f'litpoly/bare ({optimizer})']['value']:.3f}x")
+        assert cells[6].startswith(f"{litpoly['step_ms']:.4g} ms (±{litpoly['spread_ms']:.2g})")
+        assert cells[6].endswith("unresolved") != litpoly["resolved"]
+        assert cells[7].startswith(f"{ratios[f'litpoly/plain ({optimizer})']['value']:.3f}x")
+        assert cells[8].startswith(f"{ratios[f'litpoly/bare ({optimizer})']['value']:.3f}x")
         if optimizer == "rmsprop":
-            assert cells[4] == "–"  # bare + NullProfiler: timed with SGD only
+            assert cells[5] == "–"  # bare + NullProfiler: timed with SGD only
     compiled = next(line for line in tables.splitlines() if line.startswith("| 500 | ") and line.count("|") == 5)
     cells = [cell.strip() for cell in compiled.strip("|").split("|")]
     assert cells[2].startswith(f"{rows['compiled/sgd']['step_ms']:.4g} ms")
@@ -117,7 +118,7 @@ def test_the_tables_script_fills_the_docs_markers(bench_modules: None, tmp_path:
     script = REPO / "scripts" / "bench" / "tables.py"
     subprocess.run([sys.executable, str(script), str(tmp_path / "b.json"), str(tmp_path / "p.md")], check=True)
     page = (tmp_path / "p.md").read_text()
-    assert "| 2,000 | sgd | 0.0651 ms (±0.001) | – | – | 0.7223 ms (±0.1) unresolved | – | – |" in page
+    assert "| 2,000 | sgd | 0.0651 ms (±0.001) | – | – | – | 0.7223 ms (±0.1) unresolved | – | – | – |" in page
     assert "| t | ≤ 1.3 | 1.280 | met |" in page
     assert "load average 0.5 at the start." in page  # no end recorded: only the start
     with pytest.raises(ValueError, match="Expected the markers"):
