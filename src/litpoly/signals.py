@@ -64,10 +64,11 @@ def received() -> int | None:
 
 
 @contextlib.contextmanager
-def handled(handler: Callable[[int], None]) -> Iterator[None]:
-    """Within the block, ``handler(signum)`` runs on each of :data:`STOPS` in this process; processes forked in it
-    ignore them. Only the main thread may install handlers: a command run from another thread keeps the ones it
-    had. The previous handlers are put back after the block."""
+def handled(handler: Callable[[int], None], also: tuple[int, ...] = ()) -> Iterator[None]:
+    """Within the block, ``handler(signum)`` runs on each of :data:`STOPS` and ``also`` (SLURM's requeue signal,
+    see :mod:`litpoly.slurm`) in this process; processes forked in it ignore them. Only the main thread may install
+    handlers: a command run from another thread keeps the ones it had. The previous handlers are put back after the
+    block."""
     owner = os.getpid()
     watcher: list[object] = []  # PyTorch's SIGCHLD handler, while it is set aside
 
@@ -81,7 +82,7 @@ def handled(handler: Callable[[int], None]) -> Iterator[None]:
 
     previous: dict[int, object] = {}
     with contextlib.suppress(ValueError):  # not the main thread
-        for signum in STOPS:
+        for signum in (*STOPS, *also):
             previous[signum] = signal.signal(signum, on_signal)
     try:
         yield

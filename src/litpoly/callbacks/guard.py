@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from litpoly import signals
+from litpoly import signals, slurm
 from litpoly.callbacks.lagged import LaggedReads, Reading
 from litpoly.console import say, step_loss
 from litpoly.errors import Diverged, Interrupted
@@ -249,7 +249,7 @@ class RunGuard(L.Callback):
         """The command line's handling, in place of Lightning's SIGTERM handler while training: that one would stop
         the run at the end of the epoch (which may be hours away), from inside its loop, with exit status 0."""
         self._handlers.close()
-        self._handlers.enter_context(signals.handled(signals.deferred()))
+        self._handlers.enter_context(signals.handled(signals.deferred(), also=slurm.stops()))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._drain(trainer)

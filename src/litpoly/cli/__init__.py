@@ -38,7 +38,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from litpoly import compat, safe_yaml, signals
+from litpoly import compat, safe_yaml, signals, slurm
 from litpoly.cli.arguments import names_a_class
 from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
 from litpoly.errors import Interrupted, RunError, SettingError
@@ -87,6 +87,10 @@ def run(
     signals.forget()
     try:
         return _run(argv, stage, args, default_config, callbacks)
+    except Interrupted as stop:
+        if stop.signum != slurm.REQUEUE or not slurm.managed() or getattr(rank_zero_only, "rank", 0) != 0:
+            raise
+        raise Interrupted(f"{stop}; {slurm.requeue()}", stop.signum, stop.finished) from None
     finally:
         release_claims()  # a run folder claimed for a run that wrote nothing into it
 
@@ -102,7 +106,7 @@ def _run(
     try:
         # While the settings are read, a signal stops the command at once; once the run has begun, at its next safe
         # point (see litpoly.signals).
-        with signals.handled(signals.deferred(at_once=lambda: not stage.running)):
+        with signals.handled(signals.deferred(at_once=lambda: not stage.running), also=slurm.stops()):
             cli = LitCLI(argv, stage, args=args, **_cli_kwargs(argv, default_config, callbacks))
     except signals.Stop as stop:
         _remove_run_folder(stop.run_folder)

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from litpoly import compat, signals
+from litpoly import compat, signals, slurm
 from litpoly.callbacks import (
     BestSettings,
     ConsoleReport,
@@ -141,7 +141,9 @@ class LitCLI(LightningCLI):
         # (Lightning refuses a ModelCheckpoint with `--trainer.enable_checkpointing false`).
         parser.add_class_arguments(RunGuard, "guard", instantiate=True)
         parser.add_class_arguments(PeriodicCheckpoint, "checkpoint", instantiate=True)
-        parser.set_defaults({"checkpoint.save_last": True})
+        # A run resumed in its own folder (a requeued SLURM job) overwrites its last.ckpt, as a run that was never
+        # stopped would, rather than writing last-v1.ckpt beside it.
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.enable_version_counter": False})
         parser.add_class_arguments(BestSettings, "best", instantiate=True)
         parser.add_class_arguments(EarlyStoppingSettings, "early_stopping", instantiate=True)
         # Early stopping watches the metric the best checkpoint ranks by: one setting, not two that could disagree.
@@ -282,10 +284,15 @@ class LitCLI(LightningCLI):
             kwargs.setdefault("profiler", NullProfiler())
         given_plugins = config.get("plugins") or []
         given_plugins = given_plugins if isinstance(given_plugins, list) else [given_plugins]
+        plugins = list(given_plugins)
         if not any(isinstance(p, CheckpointIO) for p in given_plugins):  # a user's own writer is theirs to keep
             # Handed over, not kept: the Trainer frees what it restored, and so must this command line.
             checked, self.checked_checkpoint = self.checked_checkpoint, None
-            kwargs.setdefault("plugins", [*given_plugins, AtomicCheckpointIO(checked=checked)])
+            plugins.append(AtomicCheckpointIO(checked=checked))
+        if (cluster := slurm.environment()) is not None and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            plugins.append(cluster)  # SLURM's requeue signal is the command line's to answer (litpoly.slurm)
+        if len(plugins) > len(given_plugins):
+            kwargs.setdefault("plugins", plugins)
         return super().instantiate_trainer(**kwargs)
 
     def _run_layer_callbacks(self, subconfig: Namespace, given: list[Callback]) -> list[Callback]:
