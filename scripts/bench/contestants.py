@@ -62,6 +62,7 @@ class Spec:
         start: The clock starts when this many steps have ended …
         stop: … and stops when this many have.
         flags: ``fit`` flags that switch one of litpoly's features off (the breakdown).
+        every: The step time is that of the fastest stretch of this many steps (all of them when ``None``).
         spawned_at: ``time.time()`` just before the process was started (for start-up).
     """
 
@@ -73,6 +74,7 @@ class Spec:
     start: int
     stop: int
     flags: tuple[str, ...] = ()
+    every: int | None = None
     spawned_at: float = field(default=0.0, compare=False)
 
     def to_json(self) -> str:
@@ -113,14 +115,14 @@ def _raw(spec: Spec) -> LoopClock:
     x64 = SineDataModule(num_samples=spec.size).train_x
     x, y = x64.float().to(device), torch.sin(x64).float().to(device)  # targets in float64, then cast, as litpoly
     del x64  # as litpoly's data module keeps no float64 copy: the loop's memory is the loop's own
-    clock = LoopClock(spec.start, spec.stop, device)
+    clock = LoopClock(spec.start, spec.stop, device, spec.every)
     lr = learning_rate(spec.optimizer, spec.size)
     nn_loop(spec.optimizer, x, y, seed_start(), lr, spec.steps, record_every=spec.steps + 1, step_end=clock)  # type: ignore[arg-type]
     return clock
 
 
 def _bare(spec: Spec) -> StepClock:
-    clock = StepClock(spec.start, spec.stop)
+    clock = StepClock(spec.start, spec.stop, spec.every)
     trainer = L.Trainer(
         max_steps=spec.steps, accelerator="gpu" if spec.device == "cuda" else "cpu", devices=1, logger=False,
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
@@ -133,7 +135,7 @@ def _bare(spec: Spec) -> StepClock:
 
 
 def _plain(spec: Spec) -> StepClock:
-    clock = StepClock(spec.start, spec.stop)
+    clock = StepClock(spec.start, spec.stop, spec.every)
     trainer = L.Trainer(
         max_steps=spec.steps, accelerator="gpu" if spec.device == "cuda" else "cpu", devices=1, logger=False,
         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[clock],
@@ -153,7 +155,7 @@ def _litpoly(spec: Spec, root: str) -> StepClock:
     if spec.device == "cuda":
         args += ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
     args += ["--trainer.callbacks+=bench.clock.StepClock", f"--trainer.callbacks.start={spec.start}"]
-    args += [f"--trainer.callbacks.stop={spec.stop}", *spec.flags]
+    args += [f"--trainer.callbacks.stop={spec.stop}", f"--trainer.callbacks.every={spec.every or 'null'}", *spec.flags]
     # LightningCLI warns when sys.argv holds other flags besides `args`, hence the plain argv.
     with mock.patch.object(sys, "argv", ["train.py"]):
         try:

@@ -42,19 +42,22 @@ COMPILED = ("--compile", "true")
 
 @dataclass(frozen=True)
 class Window:
-    """A run's length and the steps timed: ``start`` … ``stop`` step ends, start-up and the first steps excluded."""
+    """A run's length and the steps timed: ``start`` … ``stop`` step ends, start-up and the first steps excluded;
+    the step time is that of the fastest stretch of ``every`` steps among them (:class:`bench.clock.StepClock`)."""
 
     steps: int
     start: int
     stop: int
+    every: int | None = None
 
 
 def window_for(size: int, quick: bool) -> Window:
     if quick:
         return Window(steps=80, start=20, stop=70)
-    # A small step is timed over 2000 steps (the default run's length, validations and checkpoints included);
+    # A small step is timed over 2000 steps (the default run's length, validations and checkpoints included), in
+    # four stretches of 500 steps, each with the same 5 validations, 10 logging steps and 1 periodic checkpoint;
     # a large one, whose every step is long, over 20, after 5 steps of warm-up.
-    return Window(2400, 200, 2200) if size <= 100_000 else Window(30, 5, 25)
+    return Window(2400, 200, 2200, every=500) if size <= 100_000 else Window(30, 5, 25)
 
 
 def repeats_for(size: int, asked: int | None) -> int:
@@ -69,7 +72,7 @@ def contestants(
     only up to 100 000 points."""
 
     def spec(kind: str, optimizer: str, flags: tuple[str, ...] = ()) -> Spec:
-        return Spec(kind, optimizer, size, device, window.steps, window.start, window.stop, flags)
+        return Spec(kind, optimizer, size, device, window.steps, window.start, window.stop, flags, window.every)
 
     small = size <= 100_000
     optimizers = optimizers if small else ("sgd",)

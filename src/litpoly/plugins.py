@@ -4,7 +4,7 @@ a profiler that costs nothing.
 :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it into place, and refuses to
 write non-finite weights, so a good checkpoint is never replaced by a broken one; it restores the checkpoint the
 command line read and checked, not the file read a second time. :class:`NullProfiler` is
-Lightning's "no profiler", made cheap.
+Lightning's "no profiler", made cheap, and with it no call to a callback's step hook that does nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import contextlib
 import errno
 import os
 import shutil
+import weakref
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -94,6 +97,41 @@ def _why(error: BaseException, folder: Path, checkpoint: dict[str, Any]) -> str:
 
 _NOTHING = contextlib.nullcontext()
 
+#: The callback hooks of every training step. Lightning calls each of them on every callback, every step, whether
+#: the callback's class overrides it or inherits ``Callback``'s empty one.
+STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_zero_grad",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+)
+
+
+def skip_empty_step_hooks(callbacks: Iterable[L.Callback]) -> list[tuple[L.Callback, str]]:
+    """Hide from Lightning each step hook a callback inherits empty from ``Callback``: ``(callback, hook)`` each.
+
+    Lightning's dispatcher (``trainer.call._call_callback_hooks``) skips a hook attribute that is not callable;
+    an instance attribute ``None`` shadows the inherited method. What it saves is the dispatch itself (the
+    profiler's context, the callback's ``state_key``, a formatted name), per callback and hook, several times a
+    step; what runs is unchanged, since the hidden hooks do nothing. Undone by :func:`restore_step_hooks`.
+    ``tests/run/test_lean_defaults.py`` tells when a Lightning upgrade stops skipping such an attribute.
+    """
+    hidden = []
+    for callback in callbacks:
+        for hook in STEP_HOOKS:
+            if getattr(type(callback), hook, None) is getattr(L.Callback, hook) and hook not in vars(callback):
+                setattr(callback, hook, None)
+                hidden.append((callback, hook))
+    return hidden
+
+
+def restore_step_hooks(hidden: Iterable[tuple[L.Callback, str]]) -> None:
+    """Undo :func:`skip_empty_step_hooks`: the callbacks' inherited hooks are visible again."""
+    for callback, hook in hidden:
+        vars(callback).pop(hook, None)
+
 
 class NullProfiler(PassThroughProfiler):
     """Lightning's "no profiler", made cheap.
@@ -104,9 +142,34 @@ class NullProfiler(PassThroughProfiler):
     to a share of the step itself (``scripts/benchmark.py`` measures what it costs). This one returns one shared,
     stateless ``nullcontext`` instead.
 
+    Once attached to its Trainer (:meth:`attach`), it also hides each callback's empty step hooks for the length of each
+    run (:func:`skip_empty_step_hooks`): calls that only a profiler could see, and this one records nothing.
+
     Used when ``--trainer.profiler`` is not given; ``--trainer.profiler simple`` (or ``advanced``,
-    ``pytorch``) profiles as usual.
+    ``pytorch``) profiles as usual, every hook call included.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: weakref.ref[L.Trainer] | None = None
+        self._hidden: list[tuple[L.Callback, str]] = []
+
+    def attach(self, trainer: L.Trainer) -> None:
+        """The Trainer whose callbacks to look at (weakly held: the Trainer holds its profiler)."""
+        self._trainer = weakref.ref(trainer)
+
+    def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
+        # Called by the Trainer once the model's own callbacks (configure_callbacks) have joined the list.
+        super().setup(stage, local_rank, log_dir)
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is not None:
+            restore_step_hooks(self._hidden)
+            self._hidden = skip_empty_step_hooks(trainer.callbacks)  # type: ignore[attr-defined]
+
+    def teardown(self, stage: str | None) -> None:
+        restore_step_hooks(self._hidden)
+        self._hidden = []
+        super().teardown(stage)
 
     def profile(self, action_name: str) -> AbstractContextManager[None]:  # type: ignore[override]
         return _NOTHING

@@ -297,6 +297,7 @@ class ParityCheck(L.Callback):
         self._first_step = 0
         self._losses: list[torch.Tensor] = []  # the loss of each step, before its update
         self._coefficients: list[torch.Tensor] = []  # at the start, then after each step's update
+        self._trained = torch.empty(0)  # the trained coefficients, from on_train_start
 
     def _skip_reason(self, trainer: L.Trainer) -> str | None:
         if trainer.world_size > 1:
@@ -325,7 +326,9 @@ class ParityCheck(L.Callback):
             say(f"Parity check skipped: {reason}.")
         self._active = reason is None
         self._first_step = trainer.global_step  # 0, or where a resumed run goes on
-        self._coefficients = [self.coefficients().detach().clone()] if self._active else []
+        # The parameter itself, looked up once: it stays the same tensor (updated in place) until training ends.
+        self._trained = self.coefficients()
+        self._coefficients = [self._trained.detach().clone()] if self._active else []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -335,7 +338,7 @@ class ParityCheck(L.Callback):
             if self._batch is None:
                 self._batch = batch  # the very tensors the run trains on (full batch: the same every step)
             self._losses.append(loss.detach())
-            self._coefficients.append(self.coefficients().detach().clone())
+            self._coefficients.append(self._trained.detach().clone())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active or self._batch is None or not self._losses:

@@ -22,14 +22,16 @@ from helpers import SINE, Problem, RunCLI
 from litpoly.callbacks.checkpoint import PeriodicCheckpoint
 from litpoly.callbacks.progress import LineProgress, TimedProgressBar
 from litpoly.loggers import ThrottledTensorBoardLogger
-from litpoly.plugins import NullProfiler
+from litpoly.plugins import STEP_HOOKS, NullProfiler, skip_empty_step_hooks
 from sinefit.cache import ReuseLastInput
 from twomoons import TwoMoonsClassifier, TwoMoonsDataModule
 
 
 def test_fit_uses_the_lean_defaults(problem: Problem, run_cli: RunCLI) -> None:
-    trainer = run_cli("fit", *problem.select, *problem.quick, progress_bar=True).trainer
+    with mock.patch("litpoly.plugins.skip_empty_step_hooks", wraps=skip_empty_step_hooks) as skip:
+        trainer = run_cli("fit", *problem.select, *problem.quick, progress_bar=True).trainer
     assert isinstance(trainer.profiler, NullProfiler)
+    assert skip.call_count == 1 and skip.call_args.args[0] is trainer.callbacks  # the model's callbacks included
     assert isinstance(trainer.logger, ThrottledTensorBoardLogger)
     assert isinstance(trainer.progress_bar_callback, LineProgress)  # pytest's stdout is no terminal
     assert isinstance(trainer.checkpoint_callback, PeriodicCheckpoint)
@@ -170,6 +172,34 @@ def test_null_profiler_is_a_transparent_context() -> None:
     with pytest.raises(KeyError), profiler.profile("step"):  # exceptions pass through, as with Lightning's
         raise KeyError("boom")
     assert profiler.summary() == ""
+
+
+def test_null_profiler_spares_lightning_the_callbacks_empty_step_hooks(tmp_path: Path) -> None:
+    """Lightning calls no step hook a callback inherits empty, still calls the ones it overrides, and calls every
+    hook again once the run is over. Fails when a Lightning upgrade stops skipping a hook that is not callable."""
+
+    class Counts(L.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            ends.append(1)
+
+    class Idle(L.Callback):  # every step hook inherited, empty
+        pass
+
+    ends: list[int] = []
+    counts, idle, profiler = Counts(), Idle(), NullProfiler()
+    trainer = L.Trainer(max_steps=7, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[counts, idle],
+                        profiler=profiler, default_root_dir=tmp_path)  # fmt: skip
+    profiler.attach(trainer)
+    with mock.patch.object(NullProfiler, "profile", autospec=True, side_effect=NullProfiler.profile) as profile:
+        trainer.fit(TwoMoonsClassifier(), TwoMoonsDataModule())
+    # Lightning names a callback's hook call "[Callback]<state_key>.<hook>"; the state key is the class's qualname.
+    called = [c.args[1].rpartition(">.")[2] for c in profile.call_args_list if c.args[1].startswith("[Callback]")]
+    assert len(ends) == 7 and called.count("Counts.on_train_batch_end") == 7
+    assert not [name for name in called if name.startswith("Idle.") and name.split(".")[1] in STEP_HOOKS]
+    assert "Counts.on_before_backward" not in called  # inherited empty
+    assert "Idle.on_train_start" in called  # only the step hooks are spared
+    assert not set(vars(idle)) & set(STEP_HOOKS) and not set(vars(counts)) & set(STEP_HOOKS)  # restored after fit
 
 
 def test_reuse_last_input_is_the_module_it_wraps() -> None:

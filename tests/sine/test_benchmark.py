@@ -177,3 +177,24 @@ def test_the_performance_page_shows_the_rendering_of_its_json(bench_modules: Non
     page = (REPO / "docs" / "performance.md").read_text()
     shown = page[page.index(BEGIN) + len(BEGIN) : page.index(END)]
     assert shown == f"\n{render(json.loads((REPO / 'docs' / 'benchmark.json').read_text()))}\n"
+
+
+def test_a_runs_step_time_is_its_fastest_stretch(bench_modules: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bench import clock
+
+    # Step ends 200 … 2200 read at these times (s): the stretch 700 → 1200 was slowed by something else.
+    times = iter([10.0, 10.5, 11.5, 12.0, 12.6])
+    monkeypatch.setattr(clock.time, "perf_counter", lambda: next(times))
+    loop = clock.LoopClock(200, 2200, torch.device("cpu"), every=500)
+    for t in range(2400):
+        loop(t)
+    assert loop.per_step_s == pytest.approx(0.5 / 500)  # the fastest stretch (200 → 700, 1200 → 1700)
+    whole = clock.LoopClock(200, 2200, torch.device("cpu"))
+    times = iter([10.0, 12.6])
+    for t in range(2400):
+        whole(t)
+    assert whole.per_step_s == pytest.approx(2.6 / 2000)  # one stretch: the mean
+    with pytest.raises(ValueError, match="must divide"):
+        clock.LoopClock(200, 2200, torch.device("cpu"), every=300)

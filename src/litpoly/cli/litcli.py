@@ -251,7 +251,8 @@ class LitCLI(LightningCLI):
         - ``ThrottledTensorBoardLogger`` where Lightning would make its default ``TensorBoardLogger``:
           the same files, flushed every 2 s instead of after every logging call.
         - ``NullProfiler`` where Lightning would make its default ``PassThroughProfiler``: both record
-          nothing, but Lightning's costs something on each of the dozens of hook calls of every step.
+          nothing, but Lightning's costs something on each of the dozens of hook calls of every step; and it
+          spares Lightning calling the callbacks' empty step hooks.
         - ``RunReport`` (hyperparameters, config), Lightning's ``LearningRateMonitor`` (with a logger),
           ``WeightsAsSaved`` (a checkpoint's weights in the run's precision) and ``SignalStop`` (a signal outside of
           training); for ``fit``, ``RunGuard`` (``--guard.*``), ``ExactResume`` (the training DataLoader made
@@ -280,8 +281,9 @@ class LitCLI(LightningCLI):
             # Without a logger, Lightning writes config.yaml and checkpoints/ straight into the working folder, where
             # the next run's would collide with them: the run gets its own folder, named as a logger's would be.
             kwargs.setdefault("default_root_dir", str(next_run_folder(root)))
-        if config.get("profiler") is None:
-            kwargs.setdefault("profiler", NullProfiler())
+        null_profiler = NullProfiler() if config.get("profiler") is None and "profiler" not in kwargs else None
+        if null_profiler is not None:
+            kwargs["profiler"] = null_profiler
         given_plugins = config.get("plugins") or []
         given_plugins = given_plugins if isinstance(given_plugins, list) else [given_plugins]
         plugins = list(given_plugins)
@@ -293,7 +295,10 @@ class LitCLI(LightningCLI):
             plugins.append(cluster)  # SLURM's requeue signal is the command line's to answer (litpoly.slurm)
         if len(plugins) > len(given_plugins):
             kwargs.setdefault("plugins", plugins)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if null_profiler is not None:
+            null_profiler.attach(trainer)  # it hides the callbacks' empty step hooks (see NullProfiler)
+        return trainer
 
     def _run_layer_callbacks(self, subconfig: Namespace, given: list[Callback]) -> list[Callback]:
         """The run layer's callbacks for this subcommand, but those the user's own replace."""
