@@ -142,8 +142,8 @@ class NullProfiler(PassThroughProfiler):
     to a share of the step itself (``scripts/benchmark.py`` measures what it costs). This one returns one shared,
     stateless ``nullcontext`` instead.
 
-    Once attached to its Trainer (:meth:`attach`), it also hides each callback's empty step hooks for the length of each
-    run (:func:`skip_empty_step_hooks`): calls that only a profiler could see, and this one records nothing.
+    Once attached to its Trainer (:meth:`attach`), it also hides each callback's empty step hooks for the length
+    of each run (:func:`skip_empty_step_hooks`): calls that only a profiler could see, and this one records nothing.
 
     Used when ``--trainer.profiler`` is not given; ``--trainer.profiler simple`` (or ``advanced``,
     ``pytorch``) profiles as usual, every hook call included.
@@ -157,6 +157,11 @@ class NullProfiler(PassThroughProfiler):
     def attach(self, trainer: L.Trainer) -> None:
         """The Trainer whose callbacks to look at (weakly held: the Trainer holds its profiler)."""
         self._trainer = weakref.ref(trainer)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled with its Trainer for `ddp_spawn`: a weak reference does not pickle, and each spawned process's
+        # Trainer is a copy this one was never attached to (there, every hook is called, as Lightning does).
+        return {**self.__dict__, "_trainer": None, "_hidden": []}
 
     def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
         # Called by the Trainer once the model's own callbacks (configure_callbacks) have joined the list.

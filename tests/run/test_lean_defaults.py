@@ -6,6 +6,7 @@ nothing logged is lost, the bar ends on the last step, profiling still works whe
 
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,8 @@ def test_null_profiler_spares_lightning_the_callbacks_empty_step_hooks(tmp_path:
     assert "Counts.on_before_backward" not in called  # inherited empty
     assert "Idle.on_train_start" in called  # only the step hooks are spared
     assert not set(vars(idle)) & set(STEP_HOOKS) and not set(vars(counts)) & set(STEP_HOOKS)  # restored after fit
+    profiler.attach(trainer)
+    assert pickle.loads(pickle.dumps(profiler)).profile("step") is not None  # as ddp_spawn sends it, with its Trainer
 
 
 def test_reuse_last_input_is_the_module_it_wraps() -> None:
