@@ -7,11 +7,10 @@ and the same with each feature switched off in turn — runs in a process of its
 ends inside the run (steps 200 → 2200 of 2400 at 2000 points, its step the fastest of four stretches of 500 steps,
 each with the same validations, logging and checkpoint; 5 → 25 of 30 at 20 million), so start-up is excluded;
 start-up is measured apart, from the process's start to its first step, against the same for ``python -c "import
-lightning"``. The contestants run in turn, 3 times (5 at 20 million points, where a step's time varies more from one
-process to the next); every row shows the median and the spread (interquartile range) of its repeats, and a row
-whose spread exceeds 10% of its median is marked unresolved and not counted as a result. Peak memory is each
-process's own (resident set on the CPU, allocated memory on a GPU); what grows with the data is its peak at 20
-million points minus its peak at 2000.
+lightning"``. The contestants run in turn, 5 times; every row shows the median and the spread (interquartile
+range) of its repeats, and a row whose spread exceeds 10% of its median is marked unresolved and not counted as a
+result. Peak memory is each process's own (resident set on the CPU, allocated memory on a GPU); what grows with the
+data is its peak at 20 million points minus its peak at 2000.
 
     python scripts/benchmark.py                           # every size; writes lightning_logs/benchmark.json
     python scripts/benchmark.py --sizes "[2000]"          # the seed's size and the breakdown only
@@ -54,8 +53,7 @@ def benchmark(
 
     Args:
         sizes: Numbers of training points, each a full batch. Default: [2000, 20000000] ([500] with --quick).
-        repeats: Runs of every contestant, alternated; medians and spreads are reported (at least 2). Default:
-            3 up to 100 000 points, 5 beyond.
+        repeats: Runs of every contestant, alternated; medians and spreads are reported (at least 2). Default: 5.
         device: cpu, cuda, or auto (cuda when available).
         json: Where to write the results as JSON (the parent folder is created); scripts/bench/tables.py renders
             them as the tables of docs/performance.md.

@@ -61,8 +61,8 @@ def window_for(size: int, quick: bool) -> Window:
 
 
 def repeats_for(size: int, asked: int | None) -> int:
-    """3 repeats of a small run; 5 of a large one, whose step varies more from one process to the next."""
-    return asked if asked is not None else (3 if size <= 100_000 else 5)
+    """5 repeats: fewer leave a median that one disturbed process moves (on a shared machine, one often is)."""
+    return asked if asked is not None else 5
 
 
 def contestants(
