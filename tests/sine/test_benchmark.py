@@ -6,7 +6,9 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -186,7 +188,8 @@ def test_a_runs_step_time_is_its_fastest_stretch(bench_modules: None, monkeypatc
 
     # Step ends 200 … 2200 read at these times (s): the stretch 700 → 1200 was slowed by something else.
     times = iter([10.0, 10.5, 11.5, 12.0, 12.6])
-    monkeypatch.setattr(clock.time, "perf_counter", lambda: next(times))
+    # The clock module's own `time`, not the process's: nothing else in this process reads these times.
+    monkeypatch.setattr(clock, "time", SimpleNamespace(perf_counter=lambda: next(times), time=time.time))
     loop = clock.LoopClock(200, 2200, torch.device("cpu"), every=500)
     for t in range(2400):
         loop(t)
