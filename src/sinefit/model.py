@@ -14,7 +14,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, 
 
 from litpoly.errors import SettingError
 from sinefit.cache import ReuseLastInput
-from sinefit.parity import ParityCheck
+from sinefit.parity_check import ParityCheck
 from sinefit.polynomial import coefficient_names, named_coefficients
 from sinefit.reference import Optimizer
 from sinefit.report import SineReport

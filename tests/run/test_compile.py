@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import RunCLI, assert_same_weights, load_checkpoint, run_folder
-from sinefit.parity import ParityCheck
+from sinefit.parity_check import ParityCheck
 
 
 @pytest.mark.slow

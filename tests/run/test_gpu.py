@@ -11,7 +11,7 @@ import torch
 
 from helpers import PROBLEMS, RunCLI, load_checkpoint, run_folder
 from litpoly.cli.litcli import LitCLI
-from sinefit.parity import ParityCheck
+from sinefit.parity_check import ParityCheck
 
 pytestmark = [
     pytest.mark.gpu,

@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import REPO, RunCLI
 from litpoly.cli.litcli import LitCLI
 from sinefit import reference
-from sinefit.parity import ParityCheck, ParityReport, compare
+from sinefit.parity import ParityReport, compare
+from sinefit.parity_check import ParityCheck
 
 
 def parity_of(cli: LitCLI) -> ParityCheck:
