@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from jsonargparse import ArgumentError
 
 from helpers import (
     PROBLEMS,
@@ -80,6 +81,16 @@ def test_validate_test_predict_from_a_checkpoint(
     table = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
     assert table.shape == (len(y), len(header))  # one row per held-out sample
     np.testing.assert_allclose(table[:, header.index("target")], y, atol=1e-7)
+
+
+def test_a_command_builds_the_parser_of_its_own_subcommand_alone(run_cli: RunCLI) -> None:
+    """Each subcommand's parser holds every setting of the run: a command builds the one it runs (its start-up, and
+    each trial of a sweep, would build the other three for nothing); ``--help`` builds them all, to list them."""
+    cli = run_cli("fit", "--trainer.max_steps", "1")
+    assert cli.parser.parse_args(["fit"]).subcommand == "fit"
+    for other in ("validate", "test", "predict"):
+        with pytest.raises(ArgumentError, match="invalid choice"):
+            cli.parser.parse_args([other])
 
 
 def test_print_config_round_trips(

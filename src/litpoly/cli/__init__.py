@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly import compat, safe_yaml, signals, slurm
 from litpoly.cli.arguments import names_a_class
-from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
+from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage, subcommands_to_build
 from litpoly.errors import Interrupted, RunError, SettingError
 from litpoly.runs import release_claims, run_name
 
@@ -49,8 +49,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.yaml
 
 #: The seed of every run unless ``--seed_everything`` says otherwise: the same command gives the same run.
 DEFAULT_SEED = 1234
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_SEED", "LitCLI", "exit_status", "main", "run"]
 
@@ -170,10 +168,11 @@ def _cli_kwargs(argv: list[str], default_config: Path | str | None, callbacks: S
 def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[str, Any]:
     """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError),
     and the default config where the command names no class of its own."""
-    kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in SUBCOMMANDS}
+    subcommands = subcommands_to_build(argv)  # a subcommand's settings, for the parsers LitCLI builds
+    kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in subcommands}
     kwargs["exit_on_error"] = False
     if default_config is not None and not names_a_class(argv):
-        for name in SUBCOMMANDS:
+        for name in subcommands:
             kwargs[name]["default_config_files"] = [str(default_config)]
     return kwargs
 

@@ -119,11 +119,27 @@ class RecordedConfig(SaveConfigCallback):
         super().__init__(parser, without_passwords(as_given), **kwargs)
 
 
+def subcommands_to_build(argv: Sequence[str]) -> tuple[str, ...]:
+    """The subcommands whose parsers a command needs: the one it begins with, or all of them for a command that
+    begins with none (``--help``, a mistyped subcommand: the usage lists them all).
+
+    Each subcommand's parser holds every argument of the Trainer, the model, the data and the run layer, and takes
+    LightningCLI longer to build than a short run takes to train: a command builds the one it runs.
+
+    Example:
+        >>> subcommands_to_build(["fit", "--trainer.max_steps", "10"]), subcommands_to_build(["--help"])
+        (('fit',), ('fit', 'validate', 'test', 'predict'))
+    """
+    every = tuple(LightningCLI.subcommands())
+    return (argv[0],) if argv and argv[0] in every else every
+
+
 class LitCLI(LightningCLI):
     """LightningCLI with the run layer: its callbacks, cheaper defaults, checks and one-line errors.
 
     Args:
-        argv: The command's words, to tell the model settings given from those of a default.
+        argv: The command's words, to tell the model settings given from those of a default, and the subcommand
+            whose parser to build.
         stage: Set to running when the subcommand begins.
         **kwargs: ``LightningCLI``'s.
     """
@@ -133,6 +149,12 @@ class LitCLI(LightningCLI):
         self.checked_checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path, as read and checked
         self.held_ckpt_path: str | None = None  # --ckpt_path, while LightningCLI would read it (parse_arguments)
         super().__init__(save_config_callback=RecordedConfig, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        """LightningCLI's subcommands, those of :func:`subcommands_to_build` (what each skips of its method's
+        arguments is LightningCLI's)."""
+        every = LightningCLI.subcommands()
+        return {name: every[name] for name in subcommands_to_build(self.argv)}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ConsoleReport, "console")
