@@ -78,6 +78,8 @@ def run(
         AlreadyDone: ``fit --ckpt_path`` of a run that already finished its schedule; nothing was written.
     """
     compat.quiet_irrelevant_messages()
+    if (name := run_name()) is not None:
+        compat.quiet_own_folder(name)
     safe_yaml.install()
     argv = list(sys.argv[1:] if args is None else args)
     stage = Stage()
