@@ -1,10 +1,14 @@
-"""Printing from the run layer: one line from rank 0, above any progress bar; URLs without their passwords."""
+"""Printing from the run layer: one line from rank 0, above any progress bar; URLs without their passwords; a
+process's whole output sent to a file."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
@@ -97,3 +101,34 @@ def step_loss(outputs: Any) -> Tensor | None:
     if isinstance(outputs, Mapping):
         outputs = outputs.get("loss")
     return outputs if isinstance(outputs, Tensor) else None
+
+
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[None]:
+    """Send everything this process writes to stdout and stderr to ``log`` (appended), then back: a sweep's trial,
+    a check's run, run in this process with its output in a file.
+
+    Both ``sys.stdout``/``sys.stderr`` (which need not be file descriptors 1 and 2: pytest's capture replaces them)
+    and the file descriptors themselves (for logging handlers that kept the original streams, C code and child
+    processes such as DataLoader workers) are redirected.
+    """
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for stream in streams:
+        if stream is not None:
+            stream.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with log.open("a", buffering=1) as file, contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+            os.dup2(file.fileno(), 1)
+            os.dup2(file.fileno(), 2)
+            try:
+                yield
+            finally:
+                for stream in (*streams, file):
+                    if stream is not None:
+                        stream.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])

@@ -45,9 +45,9 @@ import yaml
 from litpoly.check import properties
 from litpoly.check.properties import Reference
 from litpoly.check.report import Row, one_line, report_folder, summary, table, write_report
-from litpoly.check.runs import CheckError, Runner, Watch, last_checkpoint, output_to
+from litpoly.check.runs import CheckError, Runner, Watch, last_checkpoint
 from litpoly.cli import exit_status, run
-from litpoly.console import without_password
+from litpoly.console import output_to, without_password
 from litpoly.errors import RunError
 
 #: The properties, in the order the table shows them, and what each one compares.

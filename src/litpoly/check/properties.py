@@ -19,11 +19,12 @@ from torch import Tensor
 
 from litpoly.check.measure import Difference, check_gradient, difference, largest, overfit
 from litpoly.check.report import Row, Status, passes
-from litpoly.check.runs import DROPOUT, NoDropout, Runner, Watch, last_checkpoint, output_to
+from litpoly.check.runs import DROPOUT, NoDropout, Runner, Watch, last_checkpoint
+from litpoly.checkpoint_file import read_checkpoint
 from litpoly.cli.litcli import LitCLI
+from litpoly.console import output_to
 from litpoly.data.step_loader import StepLoader
 from litpoly.export import export, load_trained
-from litpoly.runs import read_checkpoint
 
 #: Tolerances. Determinism, resume and the checkpoint are exact by design: any difference is a failure.
 DDP_TOLERANCE = 1e-10  # float64, relative to the largest weight: only the order of additions may differ

@@ -9,13 +9,12 @@ error; for a later one, its property's failure.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from litpoly.callbacks.resume import rng_states
 from litpoly.check.measure import difference
 from litpoly.cli import run
 from litpoly.cli.litcli import LitCLI
+from litpoly.console import output_to
 from litpoly.errors import Interrupted, RunError
 
 #: Flags of every run of the check: its own folder, no logger (a config's MLflow or W&B logger would record the
@@ -103,31 +103,6 @@ class Watch(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not self.draws and self._before is not None and difference(self._before, rng_states()):
             self.draws = True
-
-
-@contextlib.contextmanager
-def output_to(log: Path) -> Iterator[None]:
-    """Send everything written to stdout and stderr — by Python, Lightning's logging, worker processes — to ``log``.
-
-    Both the file descriptors (what C code and child processes write to) and ``sys.stdout``/``sys.stderr`` (which
-    need not be them: pytest's capture replaces them) are redirected.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    try:
-        with log.open("a", buffering=1) as file, contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
-            os.dup2(file.fileno(), 1)
-            os.dup2(file.fileno(), 2)
-            try:
-                yield
-            finally:
-                file.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        os.close(saved[0])
-        os.close(saved[1])
 
 
 def last_checkpoint(root: Path) -> Path:

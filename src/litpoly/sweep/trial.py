@@ -12,11 +12,10 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
@@ -25,6 +24,7 @@ import lightning as L
 import yaml
 
 from litpoly.cli import run
+from litpoly.console import output_to
 from litpoly.errors import Diverged, Interrupted, RunError, SettingError
 from litpoly.runs import RUN_VERSION
 from litpoly.sweep.space import SearchSpace, command
@@ -53,31 +53,6 @@ class ReportToTrial(L.Callback):
         self.trial.report(self.last, step=step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: {self.metric} {self.last:.6g}")
-
-
-@contextlib.contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """Send everything this process prints to ``path``, then back: ``sys.stdout``/``sys.stderr``, and file
-    descriptors 1 and 2 (for handlers that kept the original streams, and for C code)."""
-    with path.open("a", buffering=1) as log:
-        streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
-        for stream in streams:
-            if stream is not None:
-                stream.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield
-        finally:
-            for stream in (*streams, log):
-                if stream is not None:
-                    stream.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def reason(error: BaseException) -> str:
