@@ -20,8 +20,8 @@ import torch
 from jsonargparse import ArgumentParser
 
 from litpoly import compat, safe_yaml
+from litpoly.checkpoint_file import read_checkpoint
 from litpoly.cli.checks import check_settings_fit
-from litpoly.runs import read_checkpoint
 
 
 @dataclass(frozen=True)

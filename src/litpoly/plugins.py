@@ -24,9 +24,9 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 
+from litpoly.checkpoint_file import read_checkpoint
 from litpoly.console import one_line
 from litpoly.errors import CheckpointWriteError
-from litpoly.runs import read_checkpoint
 
 
 class NonFiniteCheckpointError(RuntimeError):
@@ -55,7 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         """The checkpoint the command line has already read and checked, when ``path`` is its file: read once, so
         the file cannot change between the check and the restore. Any other file is read weights-only, whatever
-        ``weights_only`` asks (see :func:`litpoly.runs.read_checkpoint`)."""
+        ``weights_only`` asks (see :func:`litpoly.checkpoint_file.read_checkpoint`)."""
         if self.checked is not None and Path(path) == self.checked[0]:
             checked, self.checked = self.checked[1], None  # handed over once: the Trainer owns it from here
             return checked

@@ -101,7 +101,7 @@ def test_jsonargparse_typed_numbers_in_a_checkpoint_load_weights_only(tmp_path: 
     PositiveFloat; it holds a number and no code, so the weights-only read takes it (and nothing else new)."""
     from jsonargparse.typing import PositiveFloat, PositiveInt
 
-    from litpoly.runs import read_checkpoint
+    from litpoly.checkpoint_file import read_checkpoint
 
     path = tmp_path / "typed.ckpt"
     torch.save({"state_dict": {}, "optimizer_states": [{"lr": PositiveFloat(0.5), "n": PositiveInt(3)}]}, path)

@@ -136,12 +136,12 @@ def test_the_subcommands_help_is_whole_sentences(capsys: pytest.CaptureFixture[s
 def test_the_typed_numbers_weights_only_reads_allow_are_still_jsonargparses() -> None:
     import jsonargparse.typing
 
-    from litpoly.runs import SAFE_TYPES
+    from litpoly.checkpoint_file import SAFE_TYPES
 
     for kind in SAFE_TYPES:
         assert getattr(jsonargparse.typing, kind.__name__) is kind
         assert issubclass(kind, int | float)
-    assert torch.serialization.get_safe_globals()  # registered on import of litpoly.runs
+    assert torch.serialization.get_safe_globals()  # registered on import of litpoly.checkpoint_file
 
 
 def test_lightningcli_would_read_ckpt_path_again_and_merges_as_we_do(

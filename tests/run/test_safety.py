@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from helpers import RunCLI, load_checkpoint, run_folder
+from litpoly.checkpoint_file import UnreadableCheckpoint, read_checkpoint
 from litpoly.cli.litcli import LitCLI
-from litpoly.runs import UnreadableCheckpoint, read_checkpoint
 
 QUICK = ("--trainer.max_steps", "20", "--model.parity", "false")
 

@@ -23,8 +23,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from litpoly import compat
+from litpoly.checkpoint_file import SAFE_TYPES
 from litpoly.errors import SettingError
-from litpoly.runs import SAFE_TYPES
 
 torch.serialization.add_safe_globals(list(SAFE_TYPES))
 
