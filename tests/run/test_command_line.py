@@ -11,6 +11,7 @@ import yaml
 from jsonargparse import ArgumentError
 
 from helpers import (
+    DIGITS,
     PROBLEMS,
     REPO,
     TWOMOONS,
@@ -181,6 +182,8 @@ BAD_INPUT = [
     (TWOMOONS, ["--model.lr", "-1"], "model.lr", "PositiveFloat"),
     (TWOMOONS, ["--data.val_fraction", "1.5"], "data.val_fraction", "between 0 and 1"),
     (TWOMOONS, ["--data.noise_level", "1"], "twomoons.TwoMoonsDataModule", "'noise_level' is not accepted"),
+    # A data folder that is a file: the data module cannot write or read its files there (an OSError in prepare_data).
+    (DIGITS, ["--data.data_dir", "malformed.yaml"], "FileExistsError", "File exists: 'malformed.yaml'"),
     pytest.param(
         PROBLEMS[0],
         ["--trainer.accelerator", "gpu"],
@@ -211,6 +214,26 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert setting in lines[0] and allowed in lines[0], lines[0]
     assert "Given value type" not in lines[0]  # the complaint itself, not jsonargparse's dump of the attempt
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_file_a_dataloader_worker_cannot_read_before_training_is_one_line(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample's file gone when a DataLoader worker reads it for the first batch: Lightning re-raises the worker's
+    error with its traceback in the message; the command line says its last line, and removes the run folder."""
+    from digits.data import DigitsFiles
+
+    def gone(self: DigitsFiles, index: int) -> None:
+        raise FileNotFoundError(2, "No such file or directory", f"images/{index}.npy")
+
+    monkeypatch.setattr(DigitsFiles, "__getitem__", gone)  # forked workers inherit it
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *DIGITS.select, *DIGITS.quick, "--data.num_workers", "2")
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: FileNotFoundError: [Errno 2] No such file"), errors
+    assert "images/" in errors[0] and "Traceback" not in errors[0]
+    assert not any((tmp_path / "lightning_logs").glob("*"))  # the run folder, made and removed
 
 
 def test_the_script_exits_non_zero_without_traceback(tmp_path: Path) -> None:

@@ -93,17 +93,26 @@ class ConsoleReport(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A setting found wrong during setup, or a signal before the first step: the run folder holds nothing yet.
-        if not isinstance(exception, SettingError | signals.Stop) or not trainer.is_global_zero:
+        if not isinstance(exception, SettingError | signals.Stop):
             return
         if isinstance(exception, signals.Stop) and trainer.global_step > 0:
             return  # stopped after training: its logs and checkpoints are the run's
-        # The logger's own folder, not `trainer.log_dir`: under DDP that is a collective, and the other
-        # processes are failing too. Removed by the command line once Lightning has closed the logger's files.
-        log_dir = getattr(trainer.logger, "log_dir", None)
-        folder = Path(log_dir) if log_dir else None
-        # (A folder not there yet is this run's: its logger makes it when Lightning closes it, after this hook.)
-        if folder is not None and not (folder.is_dir() and any(folder.rglob("*.ckpt"))):
-            exception.run_folder = folder  # made by this run's logger; it holds nothing worth keeping
+        exception.run_folder = run_folder_to_remove(trainer)
+
+
+def run_folder_to_remove(trainer: L.Trainer) -> Path | None:
+    """The run folder of a run that stopped before it saved anything, to remove once Lightning has closed the
+    logger's files (by the command line); ``None`` on other processes than rank 0, or when it holds a checkpoint (a
+    run that goes on in its own folder). The logger's own folder, not ``trainer.log_dir``: under DDP that is a
+    collective, and the other processes are failing too."""
+    if not trainer.is_global_zero:
+        return None
+    log_dir = getattr(trainer.logger, "log_dir", None)
+    folder = Path(log_dir) if log_dir else None
+    # (A folder not there yet is this run's: its logger makes it when Lightning closes it, after on_exception.)
+    if folder is not None and not (folder.is_dir() and any(folder.rglob("*.ckpt"))):
+        return folder  # made by this run's logger; it holds nothing worth keeping
+    return None
 
 
 def fit_summary(trainer: L.Trainer) -> list[str]:
