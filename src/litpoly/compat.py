@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import re
 import textwrap
 import warnings
@@ -103,14 +102,6 @@ def quiet_irrelevant_messages() -> None:
     logging.getLogger("lightning.fabric.utilities.seed").addFilter(_not_seed_line)
     # Lightning's own note on a SIGTERM: the command line says in one line what the signal stopped.
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_not_sigterm_note)
-
-
-def quiet_own_folder(name: str) -> None:
-    """Silence Lightning's note that the checkpoint folder of run ``name`` is not empty: a run named by the
-    environment (a requeued SLURM job, a sweep's trial) goes on in its own folder, where its checkpoints are.
-    The note stands for any other folder (``--checkpoint.dirpath`` pointed at one already in use)."""
-    folder = re.escape(f"{os.sep}{name}{os.sep}checkpoints")
-    warnings.filterwarnings("ignore", message=rf"Checkpoint directory .*{folder} exists and is not empty")
 
 
 def _not_advertising(record: logging.LogRecord) -> bool:

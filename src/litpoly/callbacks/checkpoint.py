@@ -6,34 +6,32 @@
   :class:`EarlyStoppingSettings` (``--early_stopping.*``) stops on the same metric with a
   :class:`StopWhenNotImproving`. A monitored metric the model never logs is one line at the first validation.
 
-Where checkpoints are found and how they are read is :mod:`litpoly.runs`; how they are written,
-:class:`litpoly.plugins.AtomicCheckpointIO`.
+Where checkpoints are found is :mod:`litpoly.runs`; how they are read, :mod:`litpoly.checkpoint_file`; how they are
+written, :class:`litpoly.plugins.AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from litpoly import compat
-from litpoly.checkpoint_file import SAFE_TYPES
 from litpoly.errors import SettingError
-
-torch.serialization.add_safe_globals(list(SAFE_TYPES))
+from litpoly.runs import run_name
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint``, with a default made for runs that count steps, and a cached ``state_key``.
 
     A drop-in: every setting is ``ModelCheckpoint``'s, and so is the key its state is saved under, so
-    checkpoints written with either class restore the other's state. Four differences:
+    checkpoints written with either class restore the other's state. Five differences:
 
     - Saving by steps or time (``every_n_train_steps``, ``train_time_interval``) with no ``monitor``,
       ``save_on_train_epoch_end`` defaults to true: no save is tied to validation then, but when validation
@@ -47,6 +45,9 @@ class PeriodicCheckpoint(ModelCheckpoint):
       says checkpointing is off for ``fast_dev_run``).
     - Lightning's hook after every training step works out whether to save at some length; a step that is no
       multiple of ``every_n_train_steps`` (or any step, without it) and no ``train_time_interval`` returns at once.
+    - A run named by the environment (a requeued SLURM job, a sweep's trial: see :mod:`litpoly.runs`) goes on in
+      its own folder, where its checkpoints are: Lightning's note that the folder is not empty is not printed
+      there. It stands for a folder given as ``dirpath``.
 
     Args:
         monitor: Logged metric that ranks checkpoints (e.g. ``val/mse``); ``None`` keeps the latest.
@@ -62,6 +63,12 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if save_on_train_epoch_end is None and monitor is None and by_steps_or_time and not by_epochs:
             save_on_train_epoch_end = True
         super().__init__(monitor=monitor, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():
+            if self.dirpath is None and run_name() is not None:  # the run's own folder (no dirpath given)
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
