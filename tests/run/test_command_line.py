@@ -25,6 +25,7 @@ from helpers import (
 from litpoly.cli import DEFAULT_CONFIG
 from litpoly.cli import run as run_command
 from litpoly.cli.arguments import given_keys, names_a_class
+from litpoly.cli.litcli import LitCLI, Stage
 from litpoly.data.step_loader import StepLoader
 
 
@@ -92,6 +93,11 @@ def test_a_command_builds_the_parser_of_its_own_subcommand_alone(run_cli: RunCLI
     for other in ("validate", "test", "predict"):
         with pytest.raises(ArgumentError, match="invalid choice"):
             cli.parser.parse_args([other])
+    # Parser settings for a subcommand not built (LightningCLI's `parser_kwargs` by subcommand) are left out.
+    kwargs = {"fit": {"default_config_files": [str(DEFAULT_CONFIG)]}, "validate": {"exit_on_error": False}}
+    with pytest.raises(SystemExit) as done:
+        LitCLI(["validate", "--print_config"], Stage(), args=["validate", "--print_config"], parser_kwargs=kwargs)
+    assert done.value.code == 0
 
 
 def test_print_config_round_trips(

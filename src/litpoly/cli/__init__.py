@@ -37,12 +37,13 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from litpoly import compat, safe_yaml, signals, slurm
 from litpoly.callbacks.console import run_folder_to_remove
 from litpoly.cli.arguments import names_a_class
-from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage, subcommands_to_build
+from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
 from litpoly.console import one_line
 from litpoly.errors import Interrupted, RunError, SettingError
 from litpoly.runs import release_claims, run_name
@@ -81,8 +82,6 @@ def run(
         AlreadyDone: ``fit --ckpt_path`` of a run that already finished its schedule; nothing was written.
     """
     compat.quiet_irrelevant_messages()
-    if (name := run_name()) is not None:
-        compat.quiet_own_folder(name)
     safe_yaml.install()
     argv = list(sys.argv[1:] if args is None else args)
     stage = Stage()
@@ -186,7 +185,7 @@ def _cli_kwargs(argv: list[str], default_config: Path | str | None, callbacks: S
 def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[str, Any]:
     """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError),
     and the default config where the command names no class of its own."""
-    subcommands = subcommands_to_build(argv)  # a subcommand's settings, for the parsers LitCLI builds
+    subcommands = LightningCLI.subcommands()
     kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in subcommands}
     kwargs["exit_on_error"] = False
     if default_config is not None and not names_a_class(argv):

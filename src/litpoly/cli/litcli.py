@@ -148,6 +148,11 @@ class LitCLI(LightningCLI):
         self.argv, self.stage = list(argv), stage
         self.checked_checkpoint: tuple[Path, dict[str, Any]] | None = None  # --ckpt_path, as read and checked
         self.held_ckpt_path: str | None = None  # --ckpt_path, while LightningCLI would read it (parse_arguments)
+        if isinstance(parser_kwargs := kwargs.get("parser_kwargs"), dict):
+            # A subcommand's parser settings for the parser built alone (LightningCLI would hand those of the
+            # others to the main parser); the main parser's own stay.
+            every, built = LightningCLI.subcommands(), subcommands_to_build(self.argv)
+            kwargs["parser_kwargs"] = {k: v for k, v in parser_kwargs.items() if k in built or k not in every}
         super().__init__(save_config_callback=RecordedConfig, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
