@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_exported_files_give_the_models_predictions_without_its_code(
     capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     cli = run_cli("fit", *problem.select, *problem.quick)
-    export_main("last", model=cli.config["fit"]["model"]["class_path"], data=cli.config["fit"]["data"]["class_path"])
+    # The classes from the problem's own config, as train.py read them (the sine example's: the default config's).
+    config = Path(problem.select[problem.select.index("--config") + 1]) if "--config" in problem.select else None
+    export_main("last", config=config)
     folder = run_folder(tmp_path) / "export"
     said = capsys.readouterr().out
     assert f"Wrote {folder / 'model.onnx'}" in said
@@ -64,6 +67,8 @@ def test_exported_files_give_the_models_predictions_without_its_code(
         ({"ckpt_path": "nowhere.ckpt"}, "error: `ckpt_path`: no such checkpoint file: nowhere.ckpt"),
         ({"ckpt_path": "last", "out": Path("/proc/not-here")}, "error: `out` /proc/not-here cannot be written"),
         ({"ckpt_path": "last", "model": "twomoons.TwoMoonsClassifier"}, "holds a sinefit.PolynomialRegressor"),
+        ({"ckpt_path": "last", "config": REPO / "examples" / "twomoons" / "config.yaml"}, "holds a sinefit.Polynomial"),
+        ({"ckpt_path": "last", "config": Path("missing.yaml")}, "error: `config` missing.yaml cannot be read: "),
     ],
 )
 def test_bad_input_is_one_line(  # type: ignore[no-untyped-def]
@@ -78,6 +83,25 @@ def test_bad_input_is_one_line(  # type: ignore[no-untyped-def]
     lines = (out.out + out.err).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (run_folder(tmp_path) / "export").exists()
+
+
+def test_the_script_takes_the_classes_from_the_training_config(
+    run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export.py --config`` is the training config (what ``train.py fit --config`` was given), and a bad flag is
+    one line: the script's own command line, run as ``python scripts/export.py`` runs it."""
+    config = REPO / "examples" / "twomoons" / "config.yaml"
+    run_cli("fit", "--config", str(config), "--trainer.max_epochs", "1")
+    capsys.readouterr()
+    script = str(REPO / "scripts" / "export.py")
+    monkeypatch.setattr("sys.argv", [script, "--ckpt_path", "last", "--config", str(config), "--onnx", "false"])
+    runpy.run_path(script, run_name="__main__")
+    assert f"Wrote {run_folder(tmp_path) / 'export' / 'model.pt2'}" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", [script, "--ckpt_path", "last", "--bogus", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(script, run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: unrecognized arguments: --bogus 1"]
 
 
 def test_a_data_class_the_run_records_is_never_imported(  # type: ignore[no-untyped-def]
