@@ -47,20 +47,22 @@ class LineProgress(ProgressBar):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._enabled and time.monotonic() >= self._next_line:
-            self._line(trainer, pl_module)
+            self._line(trainer, pl_module, trainer.current_epoch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled:
-            self._line(trainer, pl_module)
+            # Lightning counts the last epoch completed before this hook, also when max_steps ended it early: the
+            # line names the epoch the last step was in, as the lines during training do.
+            self._line(trainer, pl_module, max(trainer.current_epoch - 1, 0))
 
-    def _line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _line(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         now = time.monotonic()
         self._next_line = now + self.interval
         rate = trainer.global_step / max(now - self._started, 1e-9)
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in self.get_metrics(trainer, pl_module).items())  # fmt: skip
         total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
-        say(f"Epoch {trainer.current_epoch}, step {trainer.global_step}{total}, {rate:.4g} it/s: {metrics}")
+        say(f"Epoch {epoch}, step {trainer.global_step}{total}, {rate:.4g} it/s: {metrics}")
 
     def _evaluated(self, trainer: L.Trainer, what: str) -> None:
         if self._enabled and trainer.state.fn != "fit":
