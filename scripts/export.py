@@ -84,7 +84,7 @@ def main(ckpt_path: str, model: str | None = None, data: str | None = None, conf
 if __name__ == "__main__":
     # A parser of main's own arguments, rather than auto_cli's: auto_cli would take `--config` for a file of
     # export.py's own flags (and drop a parameter of that name), where users give the training config.
-    parser = ArgumentParser(description=(main.__doc__ or "").splitlines()[0], exit_on_error=False)
+    parser = ArgumentParser(description=(main.__doc__ or "").splitlines()[0], exit_on_error=False, allow_abbrev=False)
     parser.add_function_arguments(main)
     try:
         main(**parser.parse_args().as_dict())

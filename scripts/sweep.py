@@ -44,6 +44,6 @@ def main(
 
 if __name__ == "__main__":
     try:
-        auto_cli(main, as_positional=True, exit_on_error=False)
+        auto_cli(main, as_positional=True, exit_on_error=False, allow_abbrev=False)
     except (ArgumentError, RunError) as error:  # an unknown flag, a bad space, a stopped sweep: one line, as train.py's
         raise SystemExit(exit_status(error)) from None

@@ -190,6 +190,8 @@ BAD_INPUT = [
     (TWOMOONS, ["--model.lr", "-1"], "model.lr", "PositiveFloat"),
     (TWOMOONS, ["--data.val_fraction", "1.5"], "data.val_fraction", "between 0 and 1"),
     (TWOMOONS, ["--data.noise_level", "1"], "twomoons.TwoMoonsDataModule", "'noise_level' is not accepted"),
+    # A flag cut short is no flag: argparse would take it for the one it begins (max_steps).
+    (PROBLEMS[0], ["--trainer.max_step", "3"], "--trainer.max_step", "unrecognized arguments"),
     # A data folder that is a file: the data module cannot write or read its files there (an OSError in prepare_data).
     (DIGITS, ["--data.data_dir", "malformed.yaml"], "FileExistsError", "File exists: 'malformed.yaml'"),
     pytest.param(

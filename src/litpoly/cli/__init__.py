@@ -183,11 +183,13 @@ def _cli_kwargs(argv: list[str], default_config: Path | str | None, callbacks: S
 
 
 def _parser_kwargs(argv: list[str], default_config: Path | str | None) -> dict[str, Any]:
-    """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError),
-    and the default config where the command names no class of its own."""
+    """The parsers' settings: errors raised rather than printed with the usage text (they become a SettingError);
+    every flag spelt in full (argparse would take ``--trainer.max_epoch`` for ``max_epochs``: a command that a new
+    setting of the same prefix would make ambiguous, or change); the default config where the command names no
+    class of its own."""
     subcommands = LightningCLI.subcommands()
-    kwargs: dict[str, Any] = {name: {"exit_on_error": False} for name in subcommands}
-    kwargs["exit_on_error"] = False
+    kwargs: dict[str, Any] = {name: {"exit_on_error": False, "allow_abbrev": False} for name in subcommands}
+    kwargs.update(exit_on_error=False, allow_abbrev=False)
     if default_config is not None and not names_a_class(argv):
         for name in subcommands:
             kwargs[name]["default_config_files"] = [str(default_config)]
