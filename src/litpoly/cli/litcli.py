@@ -123,8 +123,9 @@ def subcommands_to_build(argv: Sequence[str]) -> tuple[str, ...]:
     """The subcommands whose parsers a command needs: the one it begins with, or all of them for a command that
     begins with none (``--help``, a mistyped subcommand: the usage lists them all).
 
-    Each subcommand's parser holds every argument of the Trainer, the model, the data and the run layer, and takes
-    LightningCLI longer to build than a short run takes to train: a command builds the one it runs.
+    Each subcommand's parser holds every argument of the Trainer, the model, the data and the run layer; building
+    the three a command does not run cost every command, and every trial a sweep runs in its process, time for
+    nothing: a command builds the one it runs.
 
     Example:
         >>> subcommands_to_build(["fit", "--trainer.max_steps", "10"]), subcommands_to_build(["--help"])
