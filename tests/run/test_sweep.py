@@ -59,6 +59,13 @@ def write_space(folder: Path, problem: Problem, **changes: Any) -> Path:
     return path
 
 
+def both_workers_take_a_trial(folder: Path) -> list[str]:
+    """Flags that make each trial's run wait at its start until both workers have one (``tests/rendezvous.py``): a
+    worker that starts first could otherwise run every short trial before the other has started."""
+    meet = {"class_path": "rendezvous.Rendezvous", "init_args": {"folder": str(folder / "arrived")}}
+    return ["--trainer.callbacks+", json.dumps(meet)]
+
+
 def study_trials(logs: Path, name: str, storage: str | None = None) -> Trials:
     url = storage or f"sqlite:///{logs / 'sweeps' / name / 'study.db'}"
     return optuna.load_study(study_name=name, storage=url).get_trials()
@@ -236,9 +243,8 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
 def test_two_workers_share_one_sqlite_study_and_stop_together_on_sigint_to_the_sweep(tmp_path: Path) -> None:
     from helpers import SINE
 
-    meet = {"class_path": "rendezvous.Rendezvous", "init_args": {"folder": str(tmp_path / "arrived")}}
-    args = ["--trainer.max_steps", "600", "--model.parity", "false", "--trainer.callbacks+", json.dumps(meet)]
-    space = write_space(tmp_path, SINE, trials=6, args=args)  # (both workers take a trial: tests/rendezvous.py)
+    args = ["--trainer.max_steps", "600", "--model.parity", "false", *both_workers_take_a_trial(tmp_path)]
+    space = write_space(tmp_path, SINE, trials=6, args=args)
     logs = tmp_path / "lightning_logs"
 
     def both_finished_one_and_one_more_runs(trials: Trials) -> bool:
@@ -336,11 +342,8 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str)
     """Two worker processes, one PostgreSQL study; the password in the storage URL reaches no file and no output."""
     from helpers import TWOMOONS
 
-    # Every trial's run waits at its start until both workers have one (tests/rendezvous.py): a worker that starts
-    # first could otherwise run all four short trials before the other has started.
-    meet = {"class_path": "rendezvous.Rendezvous", "init_args": {"folder": str(tmp_path / "arrived")}}
     args = [*TWOMOONS.select, *TWOMOONS.quick, "--trainer.enable_progress_bar", "false"]
-    space = write_space(tmp_path, TWOMOONS, trials=4, args=[*args, "--trainer.callbacks+", json.dumps(meet)])
+    space = write_space(tmp_path, TWOMOONS, trials=4, args=[*args, *both_workers_take_a_trial(tmp_path)])
     with_password = postgresql.replace("sweep@", "sweep:s3cret@")  # (trust auth: the server asks for none)
     done = subprocess.run(
         sweep_command(space, "--workers", "2", "--storage", with_password),
