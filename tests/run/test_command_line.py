@@ -230,19 +230,22 @@ def test_a_file_a_dataloader_worker_cannot_read_before_training_is_one_line(
     run_cli: RunCLI, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sample's file gone when a DataLoader worker reads it for the first batch: Lightning re-raises the worker's
-    error with its traceback in the message; the command line says its last line, and removes the run folder."""
+    error with its traceback in the message; the command line says its last line (a URL without its password), and
+    removes the run folder."""
     from digits.data import DigitsFiles
 
     def gone(self: DigitsFiles, index: int) -> None:
-        raise FileNotFoundError(2, "No such file or directory", f"images/{index}.npy")
+        raise FileNotFoundError(2, "No such file or directory", f"https://me:s3cret@host/images/{index}.npy")
 
     monkeypatch.setattr(DigitsFiles, "__getitem__", gone)  # forked workers inherit it
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *DIGITS.select, *DIGITS.quick, "--data.num_workers", "2")
     assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: FileNotFoundError: [Errno 2] No such file"), errors
-    assert "images/" in errors[0] and "Traceback" not in errors[0]
+    assert "https://…@host/images/" in errors[0] and "Traceback" not in errors[0]
+    assert "s3cret" not in out + err  # a data URL's password is not printed
     assert not any((tmp_path / "lightning_logs").glob("*"))  # the run folder, made and removed
 
 

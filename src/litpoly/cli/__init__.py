@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -44,7 +43,7 @@ from litpoly import compat, safe_yaml, signals, slurm
 from litpoly.callbacks.console import run_folder_to_remove
 from litpoly.cli.arguments import names_a_class
 from litpoly.cli.litcli import TRAINER_DEFAULTS, LitCLI, Stage
-from litpoly.console import one_line
+from litpoly.console import one_line, without_passwords
 from litpoly.errors import Interrupted, RunError, SettingError
 from litpoly.runs import release_claims, run_name
 
@@ -135,13 +134,13 @@ def _one_line(error: Exception, stage: Stage) -> RunError | None:
     if isinstance(error, RunError):  # a setting found during setup or at the first validation, a diverged run, …
         _remove_run_folder(error.run_folder)
         return error
-    if isinstance(error, OSError) and not (stage.trainer is not None and _trained(stage.trainer, stage.subcommand)):
+    if isinstance(error, OSError) and not _trained(stage):
         # A file the data or the model could not read (or write) before training began: bad input, such as a
         # missing data file or a data_dir that is a file, said in one line; the run folder holds nothing yet.
         if stage.trainer is not None:
             _remove_run_folder(run_folder_to_remove(stage.trainer))
         last = [line for line in str(error).splitlines() if line.strip()][-1:]  # a DataLoader worker's: its last
-        said = one_line(last[0] if last else error)
+        said = without_passwords(one_line(last[0] if last else error))  # a data URL's password is not printed
         return SettingError(said if said.startswith(type(error).__name__) else f"{type(error).__name__}: {said}")
     if stage.running:  # raised by the model's or the data's code at a step
         return None
@@ -152,9 +151,9 @@ def _one_line(error: Exception, stage: Stage) -> RunError | None:
     return None
 
 
-def _trained(trainer: Trainer, subcommand: str | None) -> bool:
-    """Whether a ``fit`` has taken a step (validate, test and predict never train)."""
-    return subcommand == "fit" and trainer.global_step > 0
+def _trained(stage: Stage) -> bool:
+    """Whether the command's ``fit`` has taken a step (validate, test and predict never train)."""
+    return stage.subcommand == "fit" and stage.trainer is not None and stage.trainer.global_step > 0
 
 
 def _remove_run_folder(folder: Path | None) -> None:
