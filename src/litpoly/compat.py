@@ -14,12 +14,15 @@ import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.types import _Stateful as Stateful
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection, _ResultMetric
 
 __all__ = [
+    "LeanResults",
     "LitTrainer",
     "Stateful",
     "Tqdm",
@@ -168,6 +171,42 @@ def innermost(error: BaseException, kind: type[BaseException]) -> BaseException:
     return found
 
 
+class _LeanResultMetric(_ResultMetric):
+    """Lightning's store of one logged value, moved to a device only when it is not already there."""
+
+    def to(self, *args: Any, **kwargs: Any) -> _ResultMetric:  # type: ignore[override]  # Lightning's own override
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.device) and _all_on(self.__dict__, args[0]):
+            return self
+        return super().to(*args, **kwargs)
+
+
+def _all_on(attributes: dict[str, Any], device: torch.device) -> bool:
+    """Whether every tensor among ``attributes`` (and in the dicts, lists and tuples among them) is on ``device``;
+    ``False`` for a module among them (a logged torchmetrics object), which Lightning's own move handles."""
+    for value in attributes.values():
+        inner = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else (value,)
+        for item in inner:
+            if isinstance(item, torch.nn.Module) or (isinstance(item, torch.Tensor) and item.device != device):
+                return False
+    return True
+
+
+class LeanResults(_ResultCollection):
+    """Lightning's collection of what ``self.log`` is given, without its copy of every logged value's state at
+    every call.
+
+    Why: ``_ResultCollection.log`` moves the value's store to the value's device on every call, and that move
+    rebuilds the store's attributes one by one (its metadata deep-copied), whether or not anything is elsewhere:
+    in a small step, that is the largest single cost of the step. A store whose tensors are all on the device
+    already is left as it is; any other move is Lightning's. Installed on the loops of :class:`LitTrainer`.
+    """
+
+    def __setitem__(self, key: str, metric: Any) -> None:
+        if type(metric) is _ResultMetric:
+            metric.__class__ = _LeanResultMetric
+        super().__setitem__(key, metric)
+
+
 # -- help text ----------------------------------------------------------------------------------------------------
 
 
@@ -184,7 +223,13 @@ def _summarized(method: Any, summary: str) -> Any:
 
 
 class LitTrainer(Trainer):
-    """Lightning's Trainer, its subcommands described in whole sentences in ``train.py --help``."""
+    """Lightning's Trainer, its subcommands described in whole sentences in ``train.py --help``, its loops
+    collecting logged values in :class:`LeanResults`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for loop in (self.fit_loop.epoch_loop, self.fit_loop.epoch_loop.val_loop, self.validate_loop, self.test_loop):
+            loop._results = LeanResults(training=loop._results.training)
 
     fit = _summarized(Trainer.fit, "Train the model, validating it as the config says.")
     validate = _summarized(Trainer.validate, "Evaluate a checkpoint on the validation data.")

@@ -173,3 +173,55 @@ def test_lightningcli_would_read_ckpt_path_again_and_merges_as_we_do(
     lightnings = run(command, DEFAULT_CONFIG).config["validate"].model
     assert len(reads) == 2, "LightningCLI no longer reads ckpt_path after parse_arguments: drop the hold-back"
     assert lightnings == ours
+
+
+def test_lean_results_are_lightnings_collection_with_a_move_only_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LitTrainer's loops hold LeanResults; Lightning's `log` still moves a value's store to the value's device
+    (what LeanResults skips when nothing is elsewhere); and a run logs the same numbers under either collection."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    assert "self[key].to(value.device)" in inspect.getsource(result._ResultCollection.log)
+    assert "self[key] = metric" in inspect.getsource(result._ResultCollection.log)
+    trainer = compat.LitTrainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    for loop in (trainer.fit_loop.epoch_loop, trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop,
+                 trainer.test_loop):  # fmt: skip
+        assert type(loop._results) is compat.LeanResults
+
+    moves: list[object] = []
+    real_move = result.apply_to_collection
+    monkeypatch.setattr(result, "apply_to_collection", lambda *a, **k: moves.append(a[0]) or real_move(*a, **k))
+    collection = compat.LeanResults(training=True)
+    for value in (1.0, 2.0, 4.0):
+        collection.log("training_step", "loss", torch.tensor(value), on_step=False, on_epoch=True, batch_size=2)
+    assert not moves  # the store is made on the CPU, where the values are: nothing to move
+    stored = collection["training_step.loss"]
+    assert stored.compute().item() == pytest.approx(7 / 3)
+    stored.to(torch.device("meta"))  # a device it is not on: moved, by Lightning's own code
+    assert len(moves) == 1 and stored.value.device.type == "meta"
+
+    def logged(trainer_class: type[L.Trainer]) -> dict[str, float]:
+        class Logs(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.ones(1))
+
+            def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+                loss = ((self.w * batch) ** 2).mean()
+                self.log("step_loss", loss, on_step=True, on_epoch=False)
+                self.log("epoch_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
+                return loss
+
+            def configure_optimizers(self) -> torch.optim.Optimizer:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        seed_everything(0)
+        trainer = trainer_class(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+        data = DataLoader(torch.arange(7.0).unsqueeze(1) / 7, batch_size=3)  # batches of 3, 3 and 1
+        trainer.fit(Logs(), data)
+        return {name: value.item() for name, value in trainer.callback_metrics.items()}
+
+    lean = logged(compat.LitTrainer)
+    assert lean.keys() == {"step_loss", "epoch_loss"} and lean == logged(L.Trainer)
