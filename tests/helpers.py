@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
+import preloaded
 from litpoly.cli.litcli import LitCLI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,11 +170,15 @@ def train_command(subcommand: str, *args: str) -> list[str]:
     return [sys.executable, str(TRAIN), subcommand, "--trainer.enable_progress_bar", "false", *args]
 
 
-def run_train(cwd: Path, subcommand: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``scripts/train.py`` in a separate process, as a user does."""
-    return subprocess.run(
-        train_command(subcommand, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env()
-    )
+def run_train(
+    cwd: Path, subcommand: str, *args: str, timeout: float = 300, fresh: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/train.py`` in a separate process, as a user does (from the preloaded interpreter of
+    ``preloaded.py``; ``fresh``: from a fresh one, for what happens before the script's first line)."""
+    return preloaded.run(
+        train_command(subcommand, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=subprocess_env(), fresh=fresh,
+    )  # fmt: skip
 
 
 def held_out(loaders: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -236,11 +241,11 @@ def assert_same_optimizer_state(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 def start_and_signal(
     args: list[str], cwd: Path, at_step: int, signum: int, delay: float = 0.0, group: bool = False
-) -> subprocess.Popen[str]:
+) -> preloaded.Process:
     """Start a real training process; once it has printed step ``at_step``, wait ``delay`` s and send ``signum``: to
     the process, or with ``group`` to its whole process group (its DataLoader workers too), as a terminal's Ctrl-C
     or ``kill -- -PGID`` does."""
-    process = subprocess.Popen(
+    process = preloaded.popen(
         args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
         start_new_session=group,
     )  # fmt: skip

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+import preloaded
 from helpers import DIGITS, EXAMPLES, REPO, TRAIN, subprocess_env
 from litpoly.check import PROPERTIES, main
 from litpoly.cli import DEFAULT_CONFIG
@@ -57,7 +57,7 @@ def check(tmp_path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> t
 def test_the_digits_pass_every_property(tmp_path: Path, short_tmp: Path) -> None:
     """A user's command, in a process of its own: every property measured, every one passes, the table saved."""
     runs = short_tmp
-    result = subprocess.run(
+    result = preloaded.run(
         [sys.executable, str(CHECK), *DIGITS.select], cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**subprocess_env(), "TMPDIR": str(runs)},
     )  # fmt: skip

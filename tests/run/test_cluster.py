@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded
 from helpers import (
     DIGITS,
     REPO,
@@ -93,7 +94,7 @@ def test_slurms_requeue_signal_saves_at_a_step_end_requeues_and_the_same_command
     assert 199 < load_checkpoint(saved)["global_step"] == int(match.group(1)) < 2400
     assert not list(job.rglob("hpc_ckpt*"))  # Lightning's own mid-step save stays off
     # The requeued job: the same command, in its own folder, on to the end.
-    again = subprocess.run(command, cwd=job, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    again = preloaded.run(command, cwd=job, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "max_steps=2400` reached" in again.stderr, (
         again.stdout[-1500:] + again.stderr[-1500:]
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded
 from helpers import PROBLEMS, TRAIN, TWOMOONS, Problem, RunCLI, load_checkpoint, run_folder, subprocess_env
 
 
@@ -16,7 +17,7 @@ def through_a_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python scripts/train.py …`` with its output read through pipes, as ``> train.log`` or ``| tee`` do; the
     progress bar left on."""
     command = [sys.executable, str(TRAIN), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    return preloaded.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 
 def test_a_run_through_a_pipe_prints_whole_lines(problem: Problem, tmp_path: Path) -> None:

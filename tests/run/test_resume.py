@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import preloaded
 from helpers import (
     PROBLEMS,
     Problem,
@@ -49,7 +50,7 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem
     (tmp_path / "full").mkdir()
     full_log = tmp_path / "full" / "stdout.txt"
     with full_log.open("w") as stdout:  # the uninterrupted run, alongside
-        full = subprocess.Popen(args, cwd=tmp_path / "full", stdout=stdout, stderr=subprocess.PIPE, text=True,
+        full = preloaded.popen(args, cwd=tmp_path / "full", stdout=stdout, stderr=subprocess.PIPE, text=True,
                                 env=subprocess_env())  # fmt: skip
 
     signum = getattr(signal, signame)
@@ -68,7 +69,7 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem
     assert at_step < stopped < problem.long_steps and match.group(3) == str(saved)
     assert load_checkpoint(saved)["global_step"] == stopped  # the checkpoint is of the last completed step
 
-    resumed = subprocess.run(
+    resumed = preloaded.run(
         [*args, "--ckpt_path", str(saved)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env=subprocess_env(),
     )  # fmt: skip
@@ -100,7 +101,7 @@ def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path,
     args = fit(problem, *steps, "--console.every_n_steps", "1", "--checkpoint.every_n_train_steps", "1")
     full = tmp_path / "full"
     full.mkdir()
-    uninterrupted = subprocess.Popen(args, cwd=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    uninterrupted = preloaded.popen(args, cwd=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=subprocess_env())  # fmt: skip  # alongside
     command = [*args, "--ckpt_path", "last"]
     rng = random.Random(20261126)
@@ -112,7 +113,7 @@ def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path,
         for path in (tmp_path / "lightning_logs").rglob("*.ckpt"):  # every checkpoint on disk is whole
             checkpoint = load_checkpoint(path)
             assert 0 < checkpoint["global_step"] <= 300, path
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    finished = preloaded.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                               env=subprocess_env())  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-2000:]
     _, err = uninterrupted.communicate(timeout=300)

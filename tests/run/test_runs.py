@@ -12,6 +12,7 @@ import pytest
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import preloaded
 from helpers import REPO, TWOMOONS, RunCLI, load_checkpoint, run_folder, subprocess_env, train_command
 from litpoly.check.runs import InterruptAt
 from litpoly.cli import DEFAULT_CONFIG
@@ -154,7 +155,7 @@ def test_runs_started_at_the_same_moment_each_claim_their_own_folder(tmp_path: P
     read): each claims its own ``version_N``, and neither writes into the other's folder nor stops with a traceback."""
     command = train_command("fit", "--config", str(REPO / "configs" / "loggers" / "csv.yaml"), "--trainer.max_steps",
                             "30", "--model.parity", "false")  # fmt: skip
-    runs = [subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+    runs = [preloaded.popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
     said = [run.communicate(timeout=180) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], said

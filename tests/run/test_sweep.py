@@ -30,6 +30,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+import preloaded
 from helpers import REPO, Problem, hparams_plugin, subprocess_env
 from litpoly.cli import DEFAULT_CONFIG
 from litpoly.errors import SettingError
@@ -166,7 +167,7 @@ def mid_trial(number: int, before: int | None = None) -> Callable[[Trials], bool
     return running
 
 
-def wait_until(logs: Path, name: str, process: subprocess.Popen[bytes], ready: Callable[[Trials], bool]) -> None:
+def wait_until(logs: Path, name: str, process: preloaded.Process, ready: Callable[[Trials], bool]) -> None:
     """Wait until the study's trials are ``ready`` (while the sweep runs)."""
     folder = logs / "sweeps" / name
     url = f"sqlite:///{folder / 'study.db'}"
@@ -188,7 +189,7 @@ def wait_until(logs: Path, name: str, process: subprocess.Popen[bytes], ready: C
 def interrupt_mid_trial(command: list[str], cwd: Path, ready: Callable[[Trials], bool]) -> str:
     """Start the sweep ``command``, send SIGINT to its own process once its trials are ``ready`` (mid-trial), and
     return what it printed on stderr, after checking it stopped with exit status 130."""
-    sweep_process = subprocess.Popen(
+    sweep_process = preloaded.popen(
         command, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     wait_until(cwd / "lightning_logs", "sine-lr", sweep_process, ready)
@@ -214,7 +215,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     assert [t.state.name for t in study_trials(logs, "sine-lr")] == ["COMPLETE", "FAIL"]
 
     # SIGKILL in the middle of the next trial: nothing can mark it; it is left running, with no heartbeat.
-    second = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+    second = preloaded.popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     wait_until(logs, "sine-lr", second, mid_trial(2))
     second.send_signal(signal.SIGKILL)
@@ -222,7 +223,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_with_the_planned_trials_a
     before = study_trials(logs, "sine-lr")
     assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "RUNNING"]
 
-    resumed = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+    resumed = preloaded.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 of 4 trials finished" in resumed.stdout
     after = study_trials(logs, "sine-lr")
@@ -275,7 +276,7 @@ def test_ctrl_c_on_a_sweep_whose_trials_read_with_dataloader_workers_stops_it_cl
     args = [*DIGITS.select, "--trainer.max_epochs", "40", "--trainer.enable_progress_bar", "false"]
     space = write_space(tmp_path, DIGITS, trials=3, args=args)
     logs = tmp_path / "lightning_logs"
-    process = subprocess.Popen(sweep_command(space), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+    process = preloaded.popen(sweep_command(space), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     wait_until(logs, "digits-lr", process, mid_trial(0))
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
@@ -345,7 +346,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgresql: str)
     args = [*TWOMOONS.select, *TWOMOONS.quick, "--trainer.enable_progress_bar", "false"]
     space = write_space(tmp_path, TWOMOONS, trials=4, args=[*args, *both_workers_take_a_trial(tmp_path)])
     with_password = postgresql.replace("sweep@", "sweep:s3cret@")  # (trust auth: the server asks for none)
-    done = subprocess.run(
+    done = preloaded.run(
         sweep_command(space, "--workers", "2", "--storage", with_password),
         cwd=tmp_path,
         env=subprocess_env(),
@@ -441,7 +442,7 @@ def test_an_unreachable_storage_is_one_line_on_the_command_line(tmp_path: Path) 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     space = write_space(tmp_path, TWOMOONS)
-    done = subprocess.run(
+    done = preloaded.run(
         sweep_command(space, "--storage", f"postgresql://sweep:secret@127.0.0.1:{port}/study"),
         cwd=tmp_path,
         env=subprocess_env(),
@@ -564,7 +565,7 @@ def test_a_bad_space_or_flag_is_one_line_from_the_script(tmp_path: Path) -> None
         ([], f"error: the search space {space}: Option 'search' is not accepted"),
         (["--workers", "two"], "error: Parser key \"workers\": Expected a <class 'int'>. Got value: two"),
     ]:
-        done = subprocess.run(sweep_command(space, *args), cwd=tmp_path, env=subprocess_env(), capture_output=True,
+        done = preloaded.run(sweep_command(space, *args), cwd=tmp_path, env=subprocess_env(), capture_output=True,
                               text=True)  # fmt: skip
         assert done.returncode == 2 and done.stderr == said + "\n", done.stderr
     assert not (tmp_path / "lightning_logs").exists()
@@ -639,7 +640,7 @@ def test_a_sweep_that_loses_its_database_says_so_in_one_line_and_the_same_comman
     space = write_space(tmp_path, TWOMOONS, trials=3)
     with postgresql_cluster() as (url, pg_ctl):
         command = sweep_command(space, "--storage", url, "--grace_period", "4")
-        sweep = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+        sweep = preloaded.popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert sweep.stdout is not None
         for line in sweep.stdout:
@@ -652,6 +653,6 @@ def test_a_sweep_that_loses_its_database_says_so_in_one_line_and_the_same_comman
         assert line.startswith("error: lost the study's storage postgresql://…@127.0.0.1:"), line
         assert line.endswith("its finished trials are kept; run the same command again once it answers")
         pg_ctl("start")
-        again = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+        again = preloaded.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
         assert again.returncode == 0, again.stderr
         assert states(planned(study_trials(tmp_path, "twomoons-lr", storage=url)))[-3:] == ["COMPLETE"] * 3

@@ -77,7 +77,7 @@ def test_no_figure_when_switched_off(run_cli: RunCLI, tmp_path: Path) -> None:
 
 
 def test_the_default_run_prints_no_warnings(tmp_path: Path) -> None:
-    result = run_train(tmp_path, "fit", "--trainer.max_steps", "200")
+    result = run_train(tmp_path, "fit", "--trainer.max_steps", "200", fresh=True)  # import-time warnings too
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert not re.search(r"warn|deprecat|Tip:", output, re.I), output[-2000:]
