@@ -61,8 +61,9 @@ def _serve(path: str) -> dict[str, Any]:
     request it is to carry out, its standard streams already in place."""
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
+    listener.bind(path + ".new")
     listener.listen(16)
+    os.rename(path + ".new", path)  # the client waits for this name: it is there once the server listens
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
