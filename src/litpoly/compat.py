@@ -5,9 +5,11 @@ fails when an upgrade changes it: an upgrade breaks a test, not a user's run.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 import logging
+import os
 import re
 import textwrap
 import warnings
@@ -28,6 +30,7 @@ __all__ = [
     "Tqdm",
     "checkpoint_model_settings",
     "checkpoint_schedule",
+    "cuda_check_without_nvml",
     "forget_train_loader",
     "innermost",
     "parse_error_line",
@@ -207,6 +210,33 @@ class LeanResults(_ResultCollection):
         super().__setitem__(key, metric)
 
 
+# -- what Lightning sets for the whole process ---------------------------------------------------------------------
+
+#: Set to "1" by ``import lightning``: torch then asks NVML, not the CUDA runtime, whether a GPU is there.
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def cuda_check_without_nvml() -> bool:
+    """Let ``torch.cuda.is_available()`` ask the CUDA runtime at once where NVML cannot be loaded; ``True`` if it did.
+
+    Why: Lightning sets :data:`NVML_CHECK` on import, so that looking for a GPU does not initialise CUDA in a
+    process that later forks (DataLoader workers). Torch then answers ``is_available()`` by loading NVML's library
+    on every call, and where it cannot be loaded (a CUDA build of torch on a machine without NVIDIA's driver: what
+    pip installs on a CPU-only Linux machine) it falls back to the very runtime call it makes without the variable.
+    Adam, AdamW and RMSprop ask on every ``step()``, so every step on such a machine pays a failed library search
+    for an answer that cannot change. There, the variable changes nothing but that cost, and is unset; where NVML
+    loads (a GPU machine), or torch has no CUDA, nothing changes.
+    """
+    if os.environ.get(NVML_CHECK) != "1" or not torch.version.cuda or torch.version.hip:
+        return False
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")  # the name torch loads (torch.cuda._raw_device_count_nvml)
+    except OSError:
+        del os.environ[NVML_CHECK]
+        return True
+    return False
+
+
 # -- help text ----------------------------------------------------------------------------------------------------
 
 
@@ -224,9 +254,11 @@ def _summarized(method: Any, summary: str) -> Any:
 
 class LitTrainer(Trainer):
     """Lightning's Trainer, its subcommands described in whole sentences in ``train.py --help``, its loops
-    collecting logged values in :class:`LeanResults`."""
+    collecting logged values in :class:`LeanResults`, in a process that asks for a GPU without NVML where NVML is
+    missing (:func:`cuda_check_without_nvml`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cuda_check_without_nvml()
         super().__init__(*args, **kwargs)
         for loop in (self.fit_loop.epoch_loop, self.fit_loop.epoch_loop.val_loop, self.validate_loop, self.test_loop):
             results = getattr(loop, "_results", None)

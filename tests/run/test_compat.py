@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -225,3 +226,43 @@ def test_lean_results_are_lightnings_collection_with_a_move_only_when_needed(
 
     lean = logged(compat.LitTrainer)
     assert lean.keys() == {"step_loss", "epoch_loss"} and lean == logged(L.Trainer)
+
+
+def test_where_nvml_is_missing_an_optimizer_step_searches_for_no_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning still sets the NVML check on import; where NVML's library cannot be loaded, the Trainer the run layer
+    makes unsets it, an RMSprop step then looks for no library, and ``torch.cuda.is_available()`` answers as before.
+    Where NVML loads, the check stays."""
+    import lightning.fabric
+
+    assert f'os.environ["{compat.NVML_CHECK}"] = "1"' in inspect.getsource(lightning.fabric)
+    loads: list[str] = []
+
+    def missing(name: str, *args: object, **kwargs: object) -> object:
+        loads.append(name)
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr("ctypes.CDLL", missing)
+    monkeypatch.setenv(compat.NVML_CHECK, "1")
+    weights = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.RMSprop([weights], lr=1e-3)
+
+    def steps() -> int:
+        loads.clear()
+        for _ in range(5):
+            optimizer.zero_grad()
+            (weights**2).sum().backward()
+            optimizer.step()
+        return loads.count("libnvidia-ml.so.1")
+
+    answer = torch.cuda.is_available()
+    cuda_build = bool(torch.version.cuda) and not torch.version.hip
+    assert steps() == (5 if cuda_build else 0)  # torch's cost on a CUDA build: one failed search a step
+    compat.LitTrainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    assert (compat.NVML_CHECK in os.environ) is not cuda_build
+    assert steps() == 0
+    assert torch.cuda.is_available() is answer
+
+    monkeypatch.setattr("ctypes.CDLL", lambda name, *args, **kwargs: object())  # NVML loads: nothing changes
+    monkeypatch.setenv(compat.NVML_CHECK, "1")
+    assert compat.cuda_check_without_nvml() is False
+    assert os.environ[compat.NVML_CHECK] == "1"
