@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
+from torch.utils.data import DataLoader
 
 import preloaded
 from litpoly.cli.litcli import LitCLI
@@ -183,11 +184,14 @@ def run_train(
 
 def held_out(loaders: Any) -> tuple[np.ndarray, np.ndarray]:
     """The held-out inputs and targets a run validated on, in float64: the tensors of a ``StepLoader``, or the
-    batches of a ``DataLoader`` put together."""
+    batches of a ``DataLoader`` put together, read in this process (the run's loader may have persistent workers,
+    which a test's own pass would leave running until the garbage collector waits for each and kills it)."""
     if hasattr(loaders, "tensors"):
         x, y = loaders.tensors
     else:
-        batches = list(loaders)
+        same = DataLoader(loaders.dataset, batch_size=loaders.batch_size, sampler=loaders.sampler,
+                          collate_fn=loaders.collate_fn)  # fmt: skip
+        batches = list(same)
         x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     return x.double().numpy(), y.double().numpy()
 

@@ -48,7 +48,8 @@ def forget_train_loader(trainer: L.Trainer) -> bool:
     and the fit loop then reuses that loader: the position the checkpoint saved for it is never loaded, and with
     persistent workers the first resumed epoch replays the order of epoch 0. Called after ``configure_optimizers``
     and before the restore (``on_fit_start``), this makes the fit loop request the loader again once the state
-    is there to load. Its workers are shut down by Lightning's own teardown of the fetcher.
+    is there to load. Its workers are shut down by Lightning's own teardown of the fetcher. (Also called when a run
+    fails: Lightning tears down only the loop that was running, which in the sanity check is not this one.)
     """
     loop = trainer.fit_loop
     if loop._combined_loader is None:

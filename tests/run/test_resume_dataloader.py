@@ -10,6 +10,7 @@ signals to real processes; here the interruption lands on the very step asked fo
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -265,3 +266,17 @@ def test_a_resumed_run_that_cannot_be_exact_says_so(
         "Warning: this resumed run may not go on exactly as the uninterrupted run would: the training loader has a "
         "sampler of its own (WeightedRandomSampler) (README: Exact resume)"
     ]
+
+
+def test_a_run_that_fails_in_its_sanity_check_leaves_no_dataloader_workers(
+    run_cli: RunCLI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The digits model sizes OneCycleLR with ``estimated_stepping_batches``, which sets up the training loader (and
+    its persistent workers) before the sanity check: a run that fails there shuts those workers down too, instead
+    of leaving them to the garbage collector (which waits seconds for each, and then kills it)."""
+    before = set(multiprocessing.active_children())
+    with pytest.raises(SystemExit):
+        run_cli("fit", *DIGITS.select, "--data.num_workers", "2", "--data.persistent_workers", "true",
+                "--trainer.max_steps", "3", "--best.monitor", "val/typo")  # fmt: skip
+    assert "got 'val/typo'" in capsys.readouterr().err
+    assert [child for child in multiprocessing.active_children() if child not in before] == []
