@@ -90,8 +90,9 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, problem: Problem
 @pytest.mark.parametrize("problem", [p for p in PROBLEMS if p.name != "sine"], ids=str)
 def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path, problem: Problem) -> None:
     """The auto-resume idiom of preemptible jobs: the same command, with `--ckpt_path last`, launched again and
-    again. The first launch has nothing to resume and starts fresh; each is killed at a random moment (a
-    checkpoint every step, so kills land mid-write too); every file on disk stays whole; the last launch runs
+    again. The first launch has nothing to resume and starts fresh; each is killed at a random moment with its
+    DataLoader workers, as a preempted job's processes all are (a checkpoint every step, so kills land mid-write
+    too); every file on disk stays whole; the last launch runs
     to the end exactly where an uninterrupted run does (300 steps, counted in steps: for StepLoader one epoch
     that passes over the mini-batches several times, for a DataLoader an epoch a pass, the last one cut short).
 
@@ -107,7 +108,7 @@ def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path,
     rng = random.Random(20261126)
     for kill in range(3):
         at_step = rng.randrange(25, 75) + 75 * kill
-        process = start_and_signal(command, tmp_path, at_step, signal.SIGKILL, delay=rng.uniform(0, 0.05))
+        process = start_and_signal(command, tmp_path, at_step, signal.SIGKILL, rng.uniform(0, 0.05), group=True)
         _, err = process.communicate(timeout=300)
         assert process.returncode == -signal.SIGKILL, err[-2000:]
         for path in (tmp_path / "lightning_logs").rglob("*.ckpt"):  # every checkpoint on disk is whole
