@@ -92,9 +92,9 @@ def test_sigkill_at_random_moments_then_the_same_command_resumes(tmp_path: Path,
     """The auto-resume idiom of preemptible jobs: the same command, with `--ckpt_path last`, launched again and
     again. The first launch has nothing to resume and starts fresh; each is killed at a random moment with its
     DataLoader workers, as a preempted job's processes all are (a checkpoint every step, so kills land mid-write
-    too); every file on disk stays whole; the last launch runs
-    to the end exactly where an uninterrupted run does (300 steps, counted in steps: for StepLoader one epoch
-    that passes over the mini-batches several times, for a DataLoader an epoch a pass, the last one cut short).
+    too); every file on disk stays whole; the last launch runs to the end exactly where an uninterrupted run does
+    (300 steps, counted in steps: for StepLoader one epoch that passes over the mini-batches several times, for a
+    DataLoader an epoch a pass, the last one cut short).
 
     Five processes a problem, so run on every problem but the sine example: nothing here depends on the model,
     and its full batch is the easy case of an exact resume (which the interrupt test above proves for it)."""

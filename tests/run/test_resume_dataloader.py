@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset, WeightedRandomSampler
 
 from digits import DigitsDataModule, DigitsFiles
@@ -280,3 +281,24 @@ def test_a_run_that_fails_in_its_sanity_check_leaves_no_dataloader_workers(
                 "--trainer.max_steps", "3", "--best.monitor", "val/typo")  # fmt: skip
     assert "got 'val/typo'" in capsys.readouterr().err
     assert [child for child in multiprocessing.active_children() if child not in before] == []
+
+
+class FailAt(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 5:
+            raise RuntimeError("failed at step 5")
+
+
+def test_a_checkpoint_saved_as_a_run_fails_in_training_still_holds_the_loaders_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's own OnExceptionCheckpoint saves when a run fails mid-training: the training loader is still
+    there for it to record its position (the run layer shuts it down early only in the sanity check)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    saved = OnExceptionCheckpoint(tmp_path / "on_exception")
+    with pytest.raises(RuntimeError, match="failed at step 5"):
+        run_command(["fit", *DIGITS.select, "--trainer.max_steps", "9", "--trainer.enable_progress_bar", "false"],
+                    DEFAULT_CONFIG, callbacks=[FailAt(), saved])  # fmt: skip
+    state = load_checkpoint(tmp_path / "on_exception" / "on_exception.ckpt")["loops"]["fit_loop"]["state_dict"]
+    assert state["combined_loader"] == [{"epoch": 0, "served": 5}]

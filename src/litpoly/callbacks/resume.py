@@ -151,12 +151,15 @@ class ExactResume(L.Callback):
             compat.forget_train_loader(trainer)  # set up again once the checkpoint's loop state is restored
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # A run that fails in its sanity check (a metric it does not log, a file a worker cannot read) has a training
-        # loader already, when `estimated_stepping_batches` set it up, but Lightning tears down only the loop that
-        # was running (the validation loop): the training loader's persistent workers would live on until the
-        # garbage collector finds them, whose order of finalizing loses torch's message to stop, so each worker
-        # is waited for and then killed (seconds each, in a sweep's next trial or a notebook's next cell).
-        compat.forget_train_loader(trainer)
+        # A run that fails in its sanity check (a metric it does not log, a file a worker cannot read) may have a
+        # training loader already, set up by `estimated_stepping_batches`, but Lightning then tears down only the
+        # validation loop: the training loader's persistent workers would live on until the garbage collector finds
+        # them, whose order of finalizing loses torch's message to stop, so each worker is waited for and then
+        # killed (seconds each, in a sweep's next trial or a notebook's next cell). In any other phase Lightning
+        # tears the training loader down itself, after the callbacks that may save its position (a checkpoint on
+        # exception) have run.
+        if trainer.sanity_checking:
+            compat.forget_train_loader(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
