@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from helpers import PROBLEMS, Problem, RunCLI
+from litpoly import compat
 from litpoly.cli import DEFAULT_CONFIG, main
 from litpoly.cli.litcli import LitCLI
 
@@ -24,6 +25,10 @@ from litpoly.cli.litcli import LitCLI
 # the suite a fifth of its time. A thread count set by the caller stands.
 if os.environ.setdefault("OMP_NUM_THREADS", "1").isdigit():
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# What litpoly's Trainer does to its process, done for the tests' own optimizer loops too (the long runs' replicas
+# of the example's arithmetic): no search for NVIDIA's library at every Adam or RMSprop step where it is missing.
+compat.cuda_check_without_nvml()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
