@@ -529,6 +529,26 @@ def test_a_run_that_raises_fails_its_trial_with_the_reason_and_the_sweep_goes_on
     assert all(t.params["model.lr"] < 0.1 for t in trials if t.state.name == "COMPLETE")
 
 
+@pytest.mark.slow
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_its_place_taken(in_tests: Path) -> None:
+    """A trial whose process, or database, died after Optuna created it and before its first heartbeat has none:
+    the same command gives it one, finds it stale a grace period later and runs a trial in its place, instead of
+    waiting for it for ever."""
+    from helpers import SINE
+
+    space = write_space(in_tests, SINE, trials=1)
+    logs = in_tests / "lightning_logs"
+    sweep(space, DEFAULT_CONFIG, logs=logs)  # the study, one trial finished
+    url = f"sqlite:///{logs / 'sweeps' / 'sine-lr' / 'study.db'}"
+    orphan = optuna.load_study(study_name="sine-lr", storage=url).ask()  # running, and never a heartbeat
+    resumed = preloaded.run(sweep_command(space, "--trials", "2", "--grace_period", "4"), cwd=in_tests,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    trials = study_trials(logs, "sine-lr")
+    assert trials[orphan.number].state.name == "FAIL"
+    assert states(trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
 @contextlib.contextmanager
 def nothing_logged(path: Path) -> Iterator[None]:
     """Instead of the trial's log file: what the run prints goes to pytest's capture, nothing to the file."""

@@ -61,8 +61,8 @@ def counts(trials: list[Any]) -> Counter[str]:
     return Counter(trial.state.name for trial in trials)
 
 
-def _load_study(setup: Setup, worker: int) -> Any:
-    """The study, as this worker samples it: its own stream of settings, the space's pruner."""
+def _load_study(setup: Setup, worker: int) -> tuple[Any, Any]:
+    """The study, as this worker samples it (its own stream of settings, the space's pruner), and its storage."""
     import optuna
 
     space = setup.space
@@ -80,7 +80,24 @@ def _load_study(setup: Setup, worker: int) -> Any:
         if space.pruner is not None
         else optuna.pruners.NopPruner()
     )
-    return optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner)
+    return optuna.load_study(study_name=space.name, storage=storage, sampler=sampler, pruner=pruner), storage
+
+
+def _beat_once_for_new_running_trials(study: Any, storage: Any, trials: list[Any], seen: set[int]) -> None:
+    """Record one heartbeat for each running trial this worker has not seen running before.
+
+    Why: Optuna fails a running trial as stale when its last heartbeat is older than the grace period, but a trial
+    whose process or database died between the trial's creation and its first heartbeat has none at all: it would
+    count as running for ever, and every later command would wait for it. One heartbeat recorded here makes it
+    stale a grace period later; a trial that is alive records its own anyway. Called after ``fail_stale_trials``,
+    so a trial whose heartbeats have already stopped long enough is failed first, not renewed.
+    """
+    new = [trial.number for trial in trials if trial.state.name == "RUNNING" and trial.number not in seen]
+    if new:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for number in new:
+            storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+        seen.update(new)
 
 
 def work(
@@ -108,8 +125,9 @@ def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping:
 
     space = setup.space
     torch.set_num_threads(threads)
-    study = _load_study(setup, worker)
+    study, storage = _load_study(setup, worker)
     stopped: list[bool] = []  # a signal came after a trial's run had finished: the worker stops after that trial
+    seen_running: set[int] = set()  # numbers of the trials seen running (each given one heartbeat)
 
     def objective(trial: Any) -> float:
         # Optuna numbers trials in the order they start, and has no "create a trial unless there are n": when two
@@ -126,6 +144,7 @@ def _work(setup: Setup, worker: int, threads: int, parent: int | None, stopping:
             raise KeyboardInterrupt
         optuna.storages.fail_stale_trials(study)  # a trial whose process died: failed, its settings queued again
         trials = study.get_trials(deepcopy=False)
+        _beat_once_for_new_running_trials(study, storage, trials, seen_running)
         states = counts(trials)
         if sum(states[s] for s in FINISHED) >= space.trials:
             break
