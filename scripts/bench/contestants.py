@@ -38,7 +38,7 @@ from bench.clock import LoopClock, StepClock
 from bench.plain import PlainCubic, full_batch
 from litpoly.cli import DEFAULT_CONFIG, DEFAULT_SEED
 from litpoly.cli import run as run_command
-from litpoly.compat import quiet_irrelevant_messages
+from litpoly.compat import NVML_CHECK, quiet_irrelevant_messages
 from litpoly.errors import RunError
 from litpoly.plugins import NullProfiler
 from sinefit import PolynomialRegressor, SineDataModule
@@ -111,6 +111,10 @@ def quiet() -> None:
 
 
 def _raw(spec: Spec) -> LoopClock:
+    # A plain PyTorch script never imports Lightning, so torch asks the CUDA runtime, not NVML, for a GPU: without
+    # this, on a CUDA build of torch without NVIDIA's driver an RMSprop step here would pay the library search that
+    # Lightning's variable costs (see litpoly.compat.cuda_check_without_nvml).
+    os.environ.pop(NVML_CHECK, None)
     device = torch.device(spec.device)
     x64 = SineDataModule(num_samples=spec.size).train_x
     x, y = x64.float().to(device), torch.sin(x64).float().to(device)  # targets in float64, then cast, as litpoly

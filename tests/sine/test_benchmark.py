@@ -138,6 +138,22 @@ def test_one_contestant_runs_in_a_fresh_process(bench_modules: None) -> None:
     assert 0 < result["startup_s"] < 120  # from the process's start to its first training step
 
 
+def test_the_raw_loop_asks_for_a_gpu_as_a_script_without_lightning_does(
+    bench_modules: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its child process imports Lightning (the other contestants need it), which sets torch's NVML check: the raw
+    loop takes it back off, so on a CUDA build of torch without NVIDIA's driver its RMSprop steps search for no
+    library, as a plain PyTorch script's do."""
+    import os
+
+    from bench.contestants import Spec, run
+    from litpoly.compat import NVML_CHECK
+
+    monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it
+    assert run(Spec("raw", "rmsprop", 500, "cpu", steps=30, start=5, stop=25))["step_s"] > 0
+    assert NVML_CHECK not in os.environ
+
+
 @pytest.mark.parametrize(
     ("value", "resolved", "paired", "met"),
     [
