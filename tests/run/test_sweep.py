@@ -673,6 +673,7 @@ def test_a_sweep_that_loses_its_database_says_so_in_one_line_and_the_same_comman
         assert line.startswith("error: lost the study's storage postgresql://…@127.0.0.1:"), line
         assert line.endswith("its finished trials are kept; run the same command again once it answers")
         pg_ctl("start")
-        again = preloaded.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+        again = preloaded.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                              timeout=180)  # fmt: skip
         assert again.returncode == 0, again.stderr
         assert states(planned(study_trials(tmp_path, "twomoons-lr", storage=url)))[-3:] == ["COMPLETE"] * 3
